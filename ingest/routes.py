@@ -1,0 +1,68 @@
+"""Topic filter → decoder: which format a topic's payloads are in. The seam Telegraf calls "data_format"."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from paho.mqtt.client import topic_matches_sub
+
+from devices.decoders import DECODERS, Decoder
+from devices.decoders.native import TOPIC_ROOT
+
+NATIVE_FILTER: Final = f"{TOPIC_ROOT}/#"
+_CACHE_LIMIT: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    topic_filter: str
+    decoder: str
+
+
+def parse_routes(text: str) -> list[Route]:
+    """Parse ``filter=decoder;filter=decoder`` into routes, naming the decoders that exist if one does not."""
+    routes = []
+    for part in filter(None, (chunk.strip() for chunk in text.split(";"))):
+        topic_filter, sep, decoder = part.rpartition("=")
+        if not sep or not topic_filter.strip():
+            raise ValueError(f"route {part!r} must be 'topic/filter=decoder'")
+        routes.append(Route(topic_filter.strip(), decoder.strip()))
+    check_routes(routes, DECODERS)
+    return routes
+
+
+def check_routes(routes: Sequence[Route], decoders: Mapping[str, Decoder]) -> None:
+    for route in routes:
+        if route.decoder not in decoders:
+            known = ", ".join(sorted(decoders))
+            raise ValueError(f"route {route.topic_filter!r} names decoder {route.decoder!r}; known decoders: {known}")
+
+
+class Router:
+    """Finds the decoder of a topic: the first matching route, else the native format under ``stocktrace/``.
+
+    Devices publish on a few thousand distinct topics, so the answer is cached per topic.
+    """
+
+    def __init__(self, routes: Sequence[Route], decoders: Mapping[str, Decoder] = DECODERS) -> None:
+        check_routes(routes, decoders)
+        self._routes = [(route.topic_filter, decoders[route.decoder]) for route in routes]
+        self._routes.append((NATIVE_FILTER, decoders["native"]))
+        self._cache: dict[str, Decoder | None] = {}
+
+    @property
+    def topic_filters(self) -> list[str]:
+        return [topic_filter for topic_filter, _ in self._routes]
+
+    def resolve(self, topic: str) -> Decoder | None:
+        try:
+            return self._cache[topic]
+        except KeyError:
+            pass
+        found = next((decoder for pattern, decoder in self._routes if topic_matches_sub(pattern, topic)), None)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[topic] = found
+        return found
