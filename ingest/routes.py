@@ -54,7 +54,8 @@ class Router:
 
     @property
     def topic_filters(self) -> list[str]:
-        return [topic_filter for topic_filter, _ in self._routes]
+        """The routed filters (the native fallback is subscribed through STOCKTRACE_MQTT_TOPICS)."""
+        return [topic_filter for topic_filter, _ in self._routes[:-1]]
 
     def resolve(self, topic: str) -> Decoder | None:
         try:

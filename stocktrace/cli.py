@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 import click
+import psycopg
 
 from devices import cli as devices_cli
-from stocktrace import db
+from ingest.consumer import BatchPolicy
+from stocktrace import bench_ingest as bench_ingest_module
+from stocktrace import db, service
 from stocktrace.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -60,9 +64,89 @@ def migrate() -> None:
         click.echo("schema is up to date")
 
 
+@main.command()
+@click.option(
+    "--workers",
+    "-w",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Ingest worker processes; they split the MQTT stream through a shared subscription.",
+)
+def run(workers: int) -> None:
+    """Consume MQTT into TimescaleDB and serve the HTTP API until SIGTERM or Ctrl-C.
+
+    \b
+    On stop, every worker commits and acknowledges what it holds, then exits.
+    Examples:
+      stocktrace run
+      stocktrace run --workers 2
+      STOCKTRACE_ROUTES='zebra/+/data=zebra-fx' stocktrace run
+    """
+    settings = _settings()
+    service.prepare_metrics_directory()
+    click.echo(
+        f"stocktrace: {workers} worker(s) consuming {settings.mqtt_url}, API on "
+        f"http://{settings.api_host}:{settings.api_port} (docs at /docs)"
+    )
+    asyncio.run(service.serve(settings, workers))
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks of the hot paths, each against a baseline measured in the same run."""
+
+
+@bench.command("ingest")
+@click.option(
+    "--messages", "-n", default=300_000, show_default=True, help="Single-read messages in the throughput run."
+)
+@click.option("--publishers", default=2, show_default=True, help="C publisher processes (mosquitto_pub).")
+@click.option("--rate", default=20_000, show_default=True, help="Offered msg/s in the latency run.")
+@click.option("--latency-seconds", default=5.0, show_default=True, help="Length of the latency run.")
+@click.option("--naive-messages", default=10_000, show_default=True, help="Messages for the one-INSERT-each baseline.")
+@click.option("--batched-messages", default=10_000, show_default=True, help="Messages of 50 reads in the batched run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def bench_ingest(
+    messages: int, publishers: int, rate: int, latency_seconds: float, naive_messages: int, batched_messages: int,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Ingest throughput and latency through the real broker and database, against baselines.
+
+    Runs in a database of its own (<database>_bench), which it creates and migrates.
+
+    \b
+    Examples:
+      stocktrace bench ingest
+      stocktrace bench ingest --messages 100000 --json
+    """
+    settings = _settings()
+    server = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    name = f"{server.get('dbname') or 'stocktrace'}_bench"
+    url = bench_ingest_module.prepare_database(
+        psycopg.conninfo.make_conninfo(settings.database_url, dbname="postgres"), name
+    )
+    config = bench_ingest_module.BenchConfig(
+        url, settings.mqtt_host, settings.mqtt_port, messages, publishers, rate, latency_seconds, naive_messages,
+        batched_messages,
+        BatchPolicy(settings.batch_max_messages, settings.batch_max_wait_ms / 1000, settings.max_payload_bytes),
+    )  # fmt: skip
+
+    def progress(line: str) -> None:
+        click.echo(line, err=as_json)
+
+    result = asyncio.run(bench_ingest_module.run_benchmark(config, progress))
+    if as_json:
+        click.echo(bench_ingest_module.result_json(result))
+        return
+    click.echo(
+        f"\nstocktrace  {result.msgs_per_s:>12,.0f} msg/s   "
+        f"({result.vs_bare:.2f} x bare, {result.vs_naive:.1f} x naive)\n"
+        f"naive       {result.naive_msgs_per_s:>12,.0f} msg/s   (one INSERT + commit per message)\n"
+        f"bare        {result.bare_msgs_per_s:>12,.0f} msg/s   (mosquitto_sub, receive only)\n"
+        f"batched     {result.reads_per_s:>12,.0f} reads/s  (50 reads per message)\n"
+        f"latency     p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms at {result.offered_rate:,} msg/s offered"
+    )
 
 
 for _command in devices_cli.COMMANDS:

@@ -54,7 +54,11 @@ def migrate(dsn: str) -> list[Migration]:
             for migration in available_migrations():
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:
-                        log.warning("migration %s_%s was edited after it was applied", migration.version, migration.name)
+                        log.warning(
+                            "migration %s_%s was edited after it was applied",
+                            migration.version,
+                            migration.name,
+                        )
                     continue
                 with conn.transaction():
                     conn.execute(migration.sql.encode())

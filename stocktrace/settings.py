@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Annotated, Self
 from urllib.parse import urlsplit
 
@@ -9,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ingest.routes import Route, parse_routes
+from ingest.wire import BrokerOptions
 
 
 class SettingsError(Exception):
@@ -32,19 +34,26 @@ class Settings(BaseSettings):
     mqtt_password: SecretStr | None = Field(None, description="Broker password")
     mqtt_ca_file: str | None = Field(None, description="CA certificate that signed the broker's TLS certificate")
     mqtt_client_id: str = Field(
-        "stocktrace", description="MQTT client id; each worker appends -<n>. Keep it stable: the session is kept by it"
+        "stocktrace",
+        description="MQTT client id; each worker appends -<n>. Keep it stable: the session is kept by it",
     )
     mqtt_share_group: str = Field(
-        "stocktrace", description="Shared-subscription group ($share/<group>/...) that workers split the load in"
+        "stocktrace",
+        description="Shared-subscription group ($share/<group>/...) that workers split the load in",
     )
     mqtt_topics: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["stocktrace/#"],
         description="Comma-separated topic filters to consume (routed ones are added automatically)",
     )
     mqtt_receive_maximum: int = Field(
-        65535, ge=1, le=65535, description="Unacknowledged QoS 1 messages the broker may have in flight to a worker"
+        65535,
+        ge=1,
+        le=65535,
+        description="Unacknowledged QoS 1 messages the broker may have in flight to a worker",
     )
-    mqtt_session_expiry_s: int = Field(86400, ge=0, description="How long the broker keeps a disconnected worker's session")
+    mqtt_session_expiry_s: int = Field(
+        86400, ge=0, description="How long the broker keeps a disconnected worker's session"
+    )
     routes: Annotated[list[Route], NoDecode] = Field(
         default_factory=list,
         description="Topic filter → decoder, ';'-separated, e.g. 'zebra/+/data=zebra-fx;ttn/#=ttn-v3'",
@@ -126,3 +135,21 @@ def load_settings(**overrides: object) -> Settings:
             message = error["msg"].removeprefix("Value error, ")
             lines.append(f"  {name}: {message} (got {str(error.get('input'))[:80]!r})")
         raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def broker_options(settings: Settings, client_id: str, *, clean_start: bool = False) -> BrokerOptions:
+    """How a worker (or a probe, with ``clean_start``) connects to the broker."""
+    tls = None
+    if settings.mqtt_tls:
+        tls = ssl.create_default_context(cafile=settings.mqtt_ca_file)
+    return BrokerOptions(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        client_id=client_id,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+        tls=tls,
+        session_expiry_s=0 if clean_start else settings.mqtt_session_expiry_s,
+        receive_maximum=settings.mqtt_receive_maximum,
+        clean_start=clean_start,
+    )

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from stocktrace.db import migrate
 
@@ -63,7 +64,7 @@ def topic_prefix() -> str:
 
 @pytest.fixture(scope="session")
 def mqtt_address() -> tuple[str, int]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
     try:
         client.connect(MQTT_HOST, MQTT_PORT)
     except OSError as exc:

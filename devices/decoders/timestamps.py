@@ -18,6 +18,8 @@ def from_epoch(value: float) -> datetime:
     """An epoch number in s, ms, µs or ns (told apart by magnitude) as a UTC datetime."""
     if value != value or value < 0 or value >= 1e20:  # NaN, negative or absurd
         raise DecodeError(f"timestamp {value!r} is not a plausible epoch time")
+    if value < _MS_FROM:
+        return datetime.fromtimestamp(value, UTC)  # the common case, done in C
     if value >= _NS_FROM:
         seconds = value / 1e9
     elif value >= _US_FROM:

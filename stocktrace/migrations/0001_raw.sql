@@ -53,7 +53,7 @@ create table device_activity (
     first_seen_at timestamptz not null,
     last_seen_at  timestamptz not null,
     last_topic    text        not null,
-    messages      bigint      not null default 0
+    messages      bigint      not null default 0   -- deliveries: a redelivered message counts again
 );
 
 -- What could not be decoded, with the reason; nothing a device sends is silently lost.

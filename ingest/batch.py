@@ -1,0 +1,127 @@
+"""A batch of messages as received, and the rows they become once decoded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from devices.decoders import DecodeError
+from devices.reading import DeviceStatus, Measurement, Position, RawMessage, Reply, TagRead
+from ingest.routes import Router
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class Inbox:
+    """Messages received since the last commit, in arrival order."""
+
+    topics: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    packet_ids: list[int] = field(default_factory=list)
+    first_at: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.topics)
+
+
+@dataclass(slots=True)
+class Rows:
+    """What one batch writes, table by table."""
+
+    received_at: datetime
+    rfid_reads: list[Row] = field(default_factory=list)
+    telemetry: list[Row] = field(default_factory=list)
+    device_events: list[Row] = field(default_factory=list)
+    dead_letters: list[Row] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    # device_id -> (last topic, messages)
+    activity: dict[str, tuple[str, int]] = field(default_factory=dict)
+    oldest_observed_at: datetime | None = None
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rfid_reads) + len(self.telemetry) + len(self.device_events)
+
+
+def _extra(extra: Any) -> Jsonb | None:
+    return Jsonb(extra) if extra else None
+
+
+def decode_inbox(inbox: Inbox, router: Router, received_at: datetime, max_payload_bytes: int) -> Rows:
+    """Decode every message; what does not decode becomes a dead letter with its reason, never an exception."""
+    rows = Rows(received_at)
+    reads = rows.rfid_reads
+    activity = rows.activity
+    for topic, payload in zip(inbox.topics, inbox.payloads, strict=True):
+        if len(payload) > max_payload_bytes:
+            rows.dead_letters.append(
+                (
+                    received_at,
+                    topic,
+                    payload[:1024],
+                    f"payload of {len(payload)} bytes exceeds the limit of {max_payload_bytes}",
+                )
+            )
+            continue
+        decoder = router.resolve(topic)
+        if decoder is None:
+            rows.dead_letters.append((received_at, topic, payload, "no decoder is routed for this topic"))
+            continue
+        try:
+            readings = decoder(RawMessage(topic, payload, received_at))
+        except DecodeError as exc:
+            rows.dead_letters.append((received_at, topic, payload, str(exc)[:2000]))
+            continue
+        except Exception as exc:  # a decoder bug must not stop ingest; the payload is kept for a fix and replay
+            log.exception("decoder for %s failed on a %d-byte payload", topic[:200], len(payload))
+            rows.dead_letters.append(
+                (received_at, topic, payload, f"decoder failed: {type(exc).__name__}: {exc}"[:2000])
+            )
+            continue
+        device_id = None
+        for reading in readings:
+            if type(reading) is TagRead:
+                reads.append(
+                    (reading.observed_at, reading.device_id, reading.antenna, reading.epc, reading.rssi_dbm,
+                     received_at, _extra(reading.extra))
+                )  # fmt: skip
+                device_id = reading.device_id
+            else:
+                device_id = _sort_other(reading, rows, received_at) or device_id
+        if device_id is not None:
+            _, count = activity.get(device_id, (topic, 0))
+            activity[device_id] = (topic, count + 1)
+    if reads:
+        rows.oldest_observed_at = min(row[0] for row in reads)
+    return rows
+
+
+def _sort_other(reading: object, rows: Rows, received_at: datetime) -> str | None:
+    if isinstance(reading, Measurement):
+        rows.telemetry.append(
+            (reading.observed_at, reading.device_id, reading.quantity.value, reading.value,
+             None, None, None, None, None, received_at, _extra(reading.extra))
+        )  # fmt: skip
+        return reading.device_id
+    if isinstance(reading, Position):
+        rows.telemetry.append(
+            (reading.observed_at, reading.device_id, "position", None, reading.latitude, reading.longitude,
+             reading.altitude_m, reading.accuracy_m, reading.speed_mps, received_at, _extra(reading.extra))
+        )  # fmt: skip
+        return reading.device_id
+    if isinstance(reading, DeviceStatus):
+        rows.device_events.append(
+            (reading.observed_at, reading.device_id, -1 if reading.antenna is None else reading.antenna,
+             reading.online, reading.reason, received_at, _extra(reading.extra))
+        )  # fmt: skip
+        return reading.device_id
+    if isinstance(reading, Reply):
+        rows.replies.append(reading)
+    return None

@@ -1,0 +1,149 @@
+"""Writes decoded batches into TimescaleDB: one transaction per batch, COPY for the rows.
+
+QoS 1 is at least once, so a redelivered message must leave no duplicate. Each raw table has a unique natural
+key; the fast path COPYs straight into the hypertable inside a savepoint, and only when that hits the key (a
+redelivery after a crash or reconnect) is the batch written again through a staging table with
+``ON CONFLICT DO NOTHING``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import psycopg
+from psycopg import sql
+
+from ingest.batch import Row, Rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+
+RFID_READS: Final = Table(
+    "rfid_reads",
+    ("read_at", "device_id", "antenna", "epc", "rssi_dbm", "received_at", "extra"),
+    ("timestamptz", "text", "int2", "text", "float4", "timestamptz", "jsonb"),
+)
+TELEMETRY: Final = Table(
+    "telemetry",
+    ("observed_at", "device_id", "quantity", "value", "latitude", "longitude", "altitude_m", "accuracy_m",
+     "speed_mps", "received_at", "extra"),
+    ("timestamptz", "text", "text", "float8", "float8", "float8", "float4", "float4", "float4", "timestamptz",
+     "jsonb"),
+)  # fmt: skip
+DEVICE_EVENTS: Final = Table(
+    "device_events",
+    ("observed_at", "device_id", "antenna", "online", "reason", "received_at", "extra"),
+    ("timestamptz", "text", "int2", "bool", "text", "timestamptz", "jsonb"),
+)
+DEAD_LETTERS: Final = Table(
+    "dead_letters", ("received_at", "topic", "payload", "error"), ("timestamptz", "text", "bytea", "text")
+)
+
+_UPSERT_ACTIVITY: Final = """
+insert into device_activity as a (device_id, first_seen_at, last_seen_at, last_topic, messages)
+select device_id, %(at)s, %(at)s, topic, messages
+from unnest(%(ids)s::text[], %(topics)s::text[], %(counts)s::bigint[]) as t(device_id, topic, messages)
+order by device_id
+on conflict (device_id) do update
+set last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
+    last_topic = excluded.last_topic,
+    messages = a.messages + excluded.messages
+"""
+
+
+class Writer:
+    """Owns one database connection; `write` commits a batch or raises `psycopg.Error` having written nothing."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self.redelivered_batches = 0
+
+    async def write(self, rows: Rows) -> None:
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                await self._copy_idempotent(conn, RFID_READS, rows.rfid_reads)
+                await self._copy_idempotent(conn, TELEMETRY, rows.telemetry)
+                await self._copy_idempotent(conn, DEVICE_EVENTS, rows.device_events)
+                await self._copy(conn, DEAD_LETTERS, rows.dead_letters)
+                await self._record_activity(conn, rows)
+        except psycopg.Error:
+            await self.close()  # the next write reconnects; a broken connection is never reused
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await conn.close()
+            except psycopg.Error:
+                log.debug("error closing a broken database connection", exc_info=True)
+
+    async def _connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            # synchronous_commit stays on: the broker forgets a message once we acknowledge it, so the commit
+            # we acknowledge after must be on disk.
+            self._conn = await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=5)
+        return self._conn
+
+    async def _copy(self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: Table, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        statement = sql.SQL("copy {} ({}) from stdin (format binary)").format(
+            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, table.columns))
+        )
+        async with conn.cursor().copy(statement) as copy:
+            copy.set_types(list(table.types))
+            for row in rows:
+                await copy.write_row(row)
+
+    async def _copy_idempotent(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: Table, rows: Sequence[Row]
+    ) -> None:
+        if not rows:
+            return
+        try:
+            async with conn.transaction():  # a savepoint: a key violation undoes only this COPY
+                await self._copy(conn, table, rows)
+        except psycopg.errors.UniqueViolation:
+            self.redelivered_batches += 1
+        else:
+            return
+        stage = Table(f"{table.name}_stage", table.columns, table.types)
+        await conn.execute(
+            sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
+                sql.Identifier(stage.name), sql.Identifier(table.name)
+            )
+        )
+        await self._copy(conn, stage, rows)
+        columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+        await conn.execute(
+            sql.SQL("insert into {} ({}) select {} from {} on conflict do nothing").format(
+                sql.Identifier(table.name), columns, columns, sql.Identifier(stage.name)
+            )
+        )
+
+    async def _record_activity(self, conn: psycopg.AsyncConnection[tuple[object, ...]], rows: Rows) -> None:
+        if not rows.activity:
+            return
+        ids = sorted(rows.activity)  # one lock order for every worker: no deadlocks between them
+        await conn.execute(
+            _UPSERT_ACTIVITY,
+            {
+                "at": rows.received_at,
+                "ids": ids,
+                "topics": [rows.activity[i][0] for i in ids],
+                "counts": [rows.activity[i][1] for i in ids],
+            },
+        )

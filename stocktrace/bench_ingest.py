@@ -1,0 +1,380 @@
+"""`stocktrace bench ingest`: the ingest path measured end to end, against baselines in the same run.
+
+Every phase goes through the real broker. Publishers are Mosquitto's own C client (``mosquitto_pub -l``, one
+message per line) in several processes, fed through pipes, so that Python is not what limits the offered load.
+The phases:
+
+- stocktrace: N single-read messages, QoS 1, acknowledged after commit, through the real consumer;
+- latency: the same path at a fixed offered rate; each read's time is its publish time, so commit minus read time
+  is publish → committed;
+- naive: a paho-mqtt consumer doing one INSERT and commit per message (what a hand-built bridge does);
+- bare: ``mosquitto_sub`` at QoS 1 with a receive maximum of 65535 that only receives (the broker's ceiling);
+- batched: messages carrying 50 reads each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
+import numpy as np
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.consumer import BatchPolicy, Committed, Consumer
+from ingest.routes import Router
+from ingest.wire import BrokerOptions
+from ingest.writer import Writer
+from stocktrace import db
+
+_READS_PER_BATCHED_MESSAGE: Final = 50
+_PHASE_TIMEOUT_S: Final = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    database_url: str
+    mqtt_host: str
+    mqtt_port: int
+    messages: int = 300_000
+    publishers: int = 2
+    rate: int = 20_000
+    latency_seconds: float = 5.0
+    naive_messages: int = 10_000
+    batched_messages: int = 10_000
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    messages: int
+    msgs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    offered_rate: int
+    naive_msgs_per_s: float
+    bare_msgs_per_s: float
+    vs_naive: float
+    vs_bare: float
+    reads_per_s: float
+    batch_max_messages: int
+    batch_max_wait_ms: float
+
+
+def _lines(device: str, count: int, reads: int = 1, at: Callable[[int], float] | None = None) -> Iterator[bytes]:
+    """Native-format read messages, one per line; EPCs are unique across the whole run."""
+    stamp = at or (lambda i: 1_700_000_000.0 + i / 1e6)
+    tag = uuid.uuid4().int & 0xFFFF_FFFF
+    for i in range(count):
+        if reads == 1:
+            body = {"epc": f"30{tag:08X}{i:014X}", "antenna": 1, "rssi_dbm": -55.5, "at": stamp(i)}
+        else:
+            body = {
+                "at": stamp(i),
+                "reads": [{"epc": f"31{tag:08X}{i:09X}{r:05X}", "antenna": 1, "rssi_dbm": -60.0} for r in range(reads)],
+            }
+        yield msgspec.json.encode(body) + b"\n"
+
+
+class Publishers:
+    """C publishers (``mosquitto_pub -l``) fed from threads; stdin stays open until `close`.
+
+    mosquitto_pub exits at end of input without waiting for what it still has in flight, so its input is
+    closed only once the consumer has everything.
+    """
+
+    def __init__(self, config: BenchConfig, topics: list[str]) -> None:
+        binary = shutil.which("mosquitto_pub")
+        if binary is None:
+            raise RuntimeError("mosquitto_pub not found; `make demo` installs mosquitto-clients")
+        self._processes = [
+            subprocess.Popen(
+                [
+                    binary,
+                    "-h",
+                    config.mqtt_host,
+                    "-p",
+                    str(config.mqtt_port),
+                    "-V",
+                    "5",
+                    "-q",
+                    "1",
+                    "-M",
+                    "1000",
+                    "-t",
+                    topic,
+                    "-l",
+                ],
+                stdin=subprocess.PIPE,
+            )
+            for topic in topics
+        ]
+        self._threads: list[threading.Thread] = []
+
+    def feed(self, chunks_per_publisher: list[Iterator[bytes]]) -> None:
+        for process, chunks in zip(self._processes, chunks_per_publisher, strict=True):
+            thread = threading.Thread(target=self._write, args=(process, chunks), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @staticmethod
+    def _write(process: subprocess.Popen[bytes], chunks: Iterator[bytes]) -> None:
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            for chunk in chunks:
+                process.stdin.write(chunk)
+            process.stdin.flush()
+
+    def close(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for process in self._processes:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert process.stdin is not None
+                process.stdin.close()
+        for process in self._processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _chunked(lines: Iterator[bytes], size: int = 2000) -> Iterator[bytes]:
+    buffer: list[bytes] = []
+    for line in lines:
+        buffer.append(line)
+        if len(buffer) >= size:
+            yield b"".join(buffer)
+            buffer.clear()
+    if buffer:
+        yield b"".join(buffer)
+
+
+def _paced(device: str, rate: float, seconds: float) -> Iterator[bytes]:
+    """Lines at ``rate`` per second for ``seconds``, each stamped with the time it is handed to the publisher."""
+    started = time.time()
+    sent = 0
+    total = int(rate * seconds)
+    tag = uuid.uuid4().int & 0xFFFF_FFFF
+    while sent < total:
+        due = min(total, int((time.time() - started) * rate) + 1)
+        if due <= sent:
+            time.sleep(0.002)
+            continue
+        now = time.time()
+        yield b"".join(
+            msgspec.json.encode({"epc": f"32{tag:08X}{i:014X}", "antenna": 1, "rssi_dbm": -55.5, "at": now}) + b"\n"
+            for i in range(sent, due)
+        )
+        sent = due
+
+
+class _Counter:
+    """Counts committed messages and, optionally, the publish → commit latency of every read."""
+
+    def __init__(self, target: int, keep_latency: bool = False) -> None:
+        self.target = target
+        self.messages = 0
+        self.reads = 0
+        self.latencies_s: list[np.ndarray] = []
+        self.done = asyncio.Event()
+        self._keep_latency = keep_latency
+
+    def __call__(self, committed: Committed) -> None:
+        self.messages += committed.messages
+        self.reads += len(committed.rows.rfid_reads)
+        if self._keep_latency and committed.rows.rfid_reads:
+            at = committed.committed_at.timestamp()
+            read_times = np.fromiter((row[0].timestamp() for row in committed.rows.rfid_reads), dtype=np.float64)
+            self.latencies_s.append(at - read_times)
+        if self.messages >= self.target:
+            self.done.set()
+
+
+async def _through_stocktrace(
+    config: BenchConfig, run: str, lines_for: Callable[[int], Iterator[bytes]], counter: _Counter
+) -> float:
+    """Publish through the C publishers into the real consumer; seconds from first byte to last commit."""
+    topics = [f"stocktrace/bench-{run}-{p}/reads" for p in range(config.publishers)]
+    consumer = Consumer(
+        BrokerOptions(
+            config.mqtt_host, config.mqtt_port, f"stocktrace-bench-{run}", clean_start=True, session_expiry_s=300
+        ),
+        topics,
+        Router([]),
+        Writer(config.database_url),
+        config.batch,
+        on_commit=counter,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await asyncio.wait_for(consumer.connected.wait(), 10)
+    publishers = Publishers(config, topics)
+    started = time.perf_counter()
+    publishers.feed([lines_for(p) for p in range(config.publishers)])
+    try:
+        await asyncio.wait_for(counter.done.wait(), _PHASE_TIMEOUT_S)
+    finally:
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        await asyncio.to_thread(publishers.close)
+    return elapsed
+
+
+def _naive(config: BenchConfig, run: str) -> float:
+    """One INSERT and commit per message, acknowledged by paho after the callback returns."""
+    topic = f"stocktrace/naive-{run}/reads"
+    count = config.naive_messages
+    received = threading.Event()
+    state = {"n": 0}
+    conn = psycopg.connect(config.database_url, autocommit=True)
+
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        body = msgspec.json.decode(message.payload)
+        conn.execute(
+            "insert into rfid_reads (read_at, device_id, antenna, epc, rssi_dbm, received_at)"
+            " values (to_timestamp(%s), %s, %s, %s, %s, now()) on conflict do nothing",
+            (body["at"], "naive", body["antenna"], body["epc"], body["rssi_dbm"]),
+        )
+        state["n"] += 1
+        if state["n"] >= count:
+            received.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"naive-{run}", protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # untyped in paho
+    properties.ReceiveMaximum = 65535
+    client.connect(config.mqtt_host, config.mqtt_port, properties=properties)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    time.sleep(0.3)
+    publishers = Publishers(config, [topic])
+    started = time.perf_counter()
+    publishers.feed([_chunked(_lines("naive", count))])
+    received.wait(_PHASE_TIMEOUT_S)
+    elapsed = time.perf_counter() - started
+    publishers.close()
+    client.loop_stop()
+    client.disconnect()
+    conn.close()
+    return state["n"] / elapsed
+
+
+def _bare(config: BenchConfig, run: str) -> float:
+    """The broker's delivery rate to a C subscriber that does nothing with the messages."""
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        raise RuntimeError("mosquitto_sub not found; `make demo` installs mosquitto-clients")
+    count = config.messages
+    topics = [f"stocktrace/bare-{run}-{p}/reads" for p in range(config.publishers)]
+    subscriber = subprocess.Popen(
+        [binary, "-h", config.mqtt_host, "-p", str(config.mqtt_port), "-V", "5", "-q", "1",
+         "-D", "connect", "receive-maximum", "65535", *[a for t in topics for a in ("-t", t)], "-C", str(count)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    publishers = Publishers(config, topics)
+    started = time.perf_counter()
+    per = count // config.publishers
+    publishers.feed(
+        [
+            _chunked(_lines("bare", per + (count - per * config.publishers if p == 0 else 0)))
+            for p in range(config.publishers)
+        ]
+    )
+    try:
+        subscriber.wait(_PHASE_TIMEOUT_S)
+    finally:
+        elapsed = time.perf_counter() - started
+        subscriber.kill()
+        publishers.close()
+    return count / elapsed
+
+
+def _reset(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("truncate rfid_reads, telemetry, device_events, device_activity, dead_letters")
+
+
+def prepare_database(server_url: str, name: str) -> str:
+    """A database of its own for the benchmark (it truncates tables), created and migrated if needed."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'create database "{name}"')
+    url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
+    db.migrate(url)
+    return url
+
+
+async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) -> BenchResult:
+    run = uuid.uuid4().hex[:8]
+    per = config.messages // config.publishers
+
+    progress(f"stocktrace: {config.messages:,} single-read messages from {config.publishers} C publishers ...")
+    _reset(config.database_url)
+    counter = _Counter(per * config.publishers)
+    elapsed = await _through_stocktrace(config, f"{run}t", lambda p: _chunked(_lines(f"t{p}", per)), counter)
+    msgs_per_s = counter.messages / elapsed
+    progress(f"  {msgs_per_s:,.0f} msg/s")
+
+    progress(f"latency: {config.rate:,} msg/s offered for {config.latency_seconds:g} s ...")
+    _reset(config.database_url)
+    rate_each = config.rate / config.publishers
+    latency = _Counter(int(rate_each * config.latency_seconds) * config.publishers, keep_latency=True)
+    await _through_stocktrace(config, f"{run}l", lambda p: _paced(f"l{p}", rate_each, config.latency_seconds), latency)
+    latencies_ms = np.concatenate(latency.latencies_s) * 1000
+    p50, p99 = (float(v) for v in np.percentile(latencies_ms, [50, 99]))
+    progress(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+    progress(f"batched: {config.batched_messages:,} messages of {_READS_PER_BATCHED_MESSAGE} reads ...")
+    _reset(config.database_url)
+    per_batched = config.batched_messages // config.publishers
+    batched = _Counter(per_batched * config.publishers)
+    elapsed = await _through_stocktrace(
+        config, f"{run}b", lambda p: _chunked(_lines(f"b{p}", per_batched, _READS_PER_BATCHED_MESSAGE), 200), batched
+    )
+    reads_per_s = batched.reads / elapsed
+    progress(f"  {reads_per_s:,.0f} reads/s")
+
+    progress(f"naive: {config.naive_messages:,} messages, one INSERT and commit each ...")
+    _reset(config.database_url)
+    naive = await asyncio.to_thread(_naive, config, run)
+    progress(f"  {naive:,.0f} msg/s")
+
+    progress(f"bare: {config.messages:,} messages to mosquitto_sub ...")
+    bare = await asyncio.to_thread(_bare, config, run)
+    progress(f"  {bare:,.0f} msg/s")
+    _reset(config.database_url)
+
+    return BenchResult(
+        messages=config.messages,
+        msgs_per_s=round(msgs_per_s, 1),
+        p50_ms=round(p50, 2),
+        p99_ms=round(p99, 2),
+        offered_rate=config.rate,
+        naive_msgs_per_s=round(naive, 1),
+        bare_msgs_per_s=round(bare, 1),
+        vs_naive=round(msgs_per_s / naive, 2),
+        vs_bare=round(msgs_per_s / bare, 3),
+        reads_per_s=round(reads_per_s, 1),
+        batch_max_messages=config.batch.max_messages,
+        batch_max_wait_ms=config.batch.max_wait_s * 1000,
+    )
+
+
+def result_json(result: BenchResult) -> str:
+    return msgspec.json.encode({**asdict(result), "measured_at": datetime.now(UTC).isoformat()}).decode()
