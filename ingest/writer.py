@@ -9,7 +9,7 @@ redelivery after a crash or reconnect) is the batch written again through a stag
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,11 +61,17 @@ set last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
 """
 
 
+# A later stage's work on a batch, done in the batch's own transaction: it commits with the raw rows or not at all,
+# and a redelivered batch runs it again, so a step must be idempotent (upserts keyed on what it derives).
+Step = Callable[[psycopg.AsyncConnection[tuple[object, ...]], Rows], Awaitable[None]]
+
+
 class Writer:
     """Owns one database connection; `write` commits a batch or raises `psycopg.Error` having written nothing."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, steps: Sequence[Step] = ()) -> None:
         self._dsn = dsn
+        self._steps = list(steps)
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self.redelivered_batches = 0
 
@@ -78,6 +84,8 @@ class Writer:
                 await self._copy_idempotent(conn, DEVICE_EVENTS, rows.device_events)
                 await self._copy(conn, DEAD_LETTERS, rows.dead_letters)
                 await self._record_activity(conn, rows)
+                for step in self._steps:
+                    await step(conn, rows)
         except psycopg.Error:
             await self.close()  # the next write reconnects; a broken connection is never reused
             raise

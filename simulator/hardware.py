@@ -106,7 +106,7 @@ class Reader(SimDevice):
         site = self.world.sites[self.site_index]
         self.places = sorted(
             loc.id for loc in site.locations.values()
-            if any(_reachable(antenna, loc, self.physics, self.interval_s) for antenna in self.antennas)
+            if any(_reachable(antenna, loc, self.physics) for antenna in self.antennas)
         )  # fmt: skip
 
     def will(self, t: float) -> Publication | None:
@@ -238,13 +238,12 @@ class Sensor(SimDevice):
         return ttn_v3.uplink(identity, frame, self.f_cnt, round((t + self.skew_s) * 1e9), radio, ids)
 
 
-def _reachable(antenna: Antenna, location: Location, physics: Physics, window_s: float) -> bool:
+def _reachable(antenna: Antenna, location: Location, physics: Physics) -> bool:
     """Whether a tag anywhere in ``location`` (or on its way through a dock door) could be read at all.
 
-    Beyond range + softness·ln(rounds·10⁴) the expected number of reads per window is below 10⁻⁴.
+    Beyond range + softness·ln(10⁶) a tag is read in fewer than one window in a million.
     """
-    rounds = max(1.0, antenna.spec.read_rate_hz * window_s)
-    cutoff = antenna.spec.range_m + physics.range_softness_m * math.log(rounds * 1e4)
+    cutoff = antenna.spec.range_m + physics.range_softness_m * math.log(1e6)
     expand = DOCK_REACH_M if location.kind == LocationKind.DOCK_DOOR else 0.0
     (cx, cy), (w, d) = location.spec.at, location.spec.size
     dx = max(abs(antenna.spec.at[0] - cx) - w / 2 - expand, 0.0)

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from devices.api import router as devices_router
 from ingest.api import router as ingest_router
 from ingest.wire import Connection, MqttError
 from stocktrace import db
@@ -35,7 +36,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.include_router(ingest_router, prefix="/api/v1")
+    for router in (devices_router, ingest_router):
+        app.include_router(router, prefix="/api/v1")
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

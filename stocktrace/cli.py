@@ -10,6 +10,7 @@ import click
 import psycopg
 
 from devices import cli as devices_cli
+from simulator import cli as simulator_cli
 from ingest.consumer import BatchPolicy
 from stocktrace import bench_ingest as bench_ingest_module
 from stocktrace import db, service
@@ -149,7 +150,7 @@ def bench_ingest(
     )
 
 
-for _command in devices_cli.COMMANDS:
+for _command in [*devices_cli.COMMANDS, *simulator_cli.COMMANDS]:
     main.add_command(_command)
 for _command in devices_cli.BENCHMARKS:
     bench.add_command(_command)

@@ -38,10 +38,7 @@ _VARIABLE = re.compile(
 )
 
 # Commands that docker-compose.yml runs ahead of the work that adds them to the CLI.
-_PENDING_COMMANDS = {
-    "run": "`stocktrace run` arrives with the ingest service",
-    "simulate": "`stocktrace simulate` arrives with the simulator",
-}
+_PENDING_COMMANDS: dict[str, str] = {}
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:

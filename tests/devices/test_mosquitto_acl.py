@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devices.manifest import apply, parse
 from devices.mosquitto import (
     AclError,
     check_password,
@@ -39,7 +40,7 @@ from devices.mosquitto import (
     parse_password_file,
     render_acl,
 )
-from devices.registry import Device, delete_device, run, upsert_device
+from devices.registry import Device, delete_device, list_devices, run, upsert_device
 from stocktrace.cli import main
 
 Conn = psycopg.Connection[Any]
@@ -135,6 +136,21 @@ def test_anonymous_clients_get_nothing_and_service_reads_everything() -> None:
 def test_the_service_user_name_is_reserved() -> None:
     with pytest.raises(AclError, match="uses the service's user name 'stocktrace'"):
         clients([_device("stocktrace")], "stocktrace")
+
+
+def test_the_example_sites_devices_get_credentials(dsn: str, db: Conn) -> None:
+    example = Path(__file__).parents[2] / "devices" / "examples" / "site.yaml"
+    run(db, apply(parse(example.read_text())))
+
+    users = {client.username: client for client in clients(run(db, list_devices()), "stocktrace")}
+
+    # Sensors behind a gateway or network server do not connect; the gateways do, under their own topics.
+    assert sorted(users) == [
+        "cold-chain-node", "driver-417", "fx9600-dock1", "impinj-14-2b-9f", "ruuvi-gw-cold", "shelf-reader-a1",
+        "stocktrace", "tts-stocktrace-app",
+    ]  # fmt: skip
+    assert users["driver-417"].grants.publish == ("owntracks/driver-417/phone", "owntracks/driver-417/phone/#")
+    assert users["tts-stocktrace-app"].grants.publish == ("v3/stocktrace@ttn", "v3/stocktrace@ttn/#")
 
 
 # --- a real broker --------------------------------------------------------------------------------------------

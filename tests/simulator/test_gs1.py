@@ -14,8 +14,11 @@ def test_tds_example_sgtin96() -> None:
     assert decode_sgtin96("3074257BF7194E4000001A85") == (3, "0614141", 812345, 6789)
 
 
-@pytest.mark.parametrize(("prefix", "gtin"), [("0614141", "80614141123458"), ("4012345", "04012345000115"),
-                                              ("061414", "00614141000012"), ("061414112345", "00614141123452")])  # fmt: skip
+GTINS = [("0614141", "80614141123458"), ("4012345", "04012345000115"), ("061414", "00614141000012"),
+         ("061414112345", "00614141123452")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("prefix", "gtin"), GTINS)
 @pytest.mark.parametrize("serial", [0, 1, 6789, 2**38 - 1])
 def test_sgtin96_round_trips_through_stocktrace(prefix: str, gtin: str, serial: int) -> None:
     identity = identify(sgtin96(gtin, prefix, serial, Filter.POS_ITEM))

@@ -48,7 +48,9 @@ def test_field_error_names_its_path() -> None:
 def test_gtin_with_a_wrong_check_digit_is_refused() -> None:
     data = _document()
     data["skus"][0]["gtin"] = "04012345000116"
-    with pytest.raises(ScenarioError, match=r"skus.0.gtin: GTIN 04012345000116 has check digit 6; the GS1 check digit is 5"):
+    with pytest.raises(
+        ScenarioError, match=r"skus.0.gtin: GTIN 04012345000116 has check digit 6; the GS1 check digit is 5"
+    ):
         parse_scenario(data)
 
 

@@ -1,0 +1,104 @@
+"""``--check`` against the real database: what is stored is counted, what is missing is reported as such."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from simulator.check import Unavailable, _check_alerts, _check_locations, check
+from simulator.publisher import MemorySink
+from simulator.run import RunResult, run
+from simulator.world import load_scenario
+
+SMALL = Path(__file__).parent / "small.yaml"
+
+
+@pytest.fixture(scope="module")
+def result() -> RunResult:
+    return run(load_scenario(SMALL), mqtt=None, sink=MemorySink(), duration_s=3600)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def test_ingest_completeness_counts_stored_reads_and_dead_letters(
+    result: RunResult, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    reads = list(result.truth.reads.distinct())
+    stored = [r for n, r in enumerate(reads) if n % 10 != 0]  # every tenth read "lost"
+    now = datetime.now(UTC)
+    with (
+        db.cursor() as cur,
+        cur.copy("copy rfid_reads (read_at, device_id, antenna, epc, received_at) from stdin") as copy,
+    ):
+        for epc, at_ms, antenna, device, _ in stored:
+            copy.write_row((_at(at_ms), device, antenna, epc, now))
+    db.execute(
+        "insert into dead_letters (received_at, topic, payload, error)"
+        " values (%s, 'zebra/x/data', '\\x00', 'bad'), (%s, 'zebra/x/data', '\\x01', 'bad')",
+        (now, now),
+    )
+    result.real_started_at = time.time() - 60
+    report = check(result, dsn, wait_s=5, settle_s=0.3)
+    ingest = report.ingest
+    assert not isinstance(ingest, Unavailable)
+    assert (ingest.expected, ingest.stored) == (len(reads), len(stored))
+    assert ingest.completeness_pct == pytest.approx(90.0, abs=0.1)
+    assert set(ingest.per_format) == {"zebra-fx", "impinj-r700", "native"}
+    assert ingest.dead_letters == 2
+    text = report.as_text()
+    assert "ingest completeness: 89.997 %" in text
+    assert "dead letters during the run: 2" in text
+    if isinstance(report.location, Unavailable):
+        assert "location accuracy: not available yet" in text
+    if isinstance(report.alerts, Unavailable):
+        assert "alerts: not available yet" in text
+    assert report.as_json()["ingest"]["reads_expected"] == len(reads)
+
+
+def test_location_accuracy_from_item_locations(result: RunResult, db: psycopg.Connection[Any]) -> None:
+    # A temporary table shadows whatever tracking provides, on this connection only.
+    db.execute("create temporary table item_locations (epc text, location_id text, since timestamptz)")
+    truth = {epc: result.truth.location(epc) for epc in result.truth.items}
+    present = sorted(epc for epc, place in truth.items() if place is not None)
+    wrong = set(present[:3])
+    since = datetime.now(UTC)
+    with db.cursor() as cur, cur.copy("copy item_locations from stdin") as copy:
+        for epc in present:
+            copy.write_row((epc, "somewhere-else" if epc in wrong else truth[epc], since))
+            copy.write_row((epc, "an-older-place", since - timedelta(hours=1)))
+    located = _check_locations(db, result)
+    assert not isinstance(located, Unavailable)
+    assert (located.items, located.correct, located.unknown) == (len(present), len(present) - 3, 0)
+    assert located.accuracy_pct == pytest.approx(100 * (len(present) - 3) / len(present), abs=0.01)
+    assert sum(n for _, shown, n in located.confusions if shown == "somewhere-else") == 3
+
+
+def test_alert_precision_recall_and_latency(result: RunResult, db: psycopg.Connection[Any]) -> None:
+    db.execute("create temporary table alerts (id serial, rule text, subject text, starts_at timestamptz)")
+    door = next(f for f in result.faults if f.fault == "cold_room_door_open")
+    offline = next(f for f in result.faults if f.fault == "reader_offline")
+    db.execute(
+        "insert into alerts (rule, subject, starts_at) values (%s, %s, %s), (%s, %s, %s), (%s, %s, %s)",
+        ("temperature-excursion", door.subject, datetime.fromtimestamp(door.start + 300, UTC),
+         "device-offline", offline.subject, datetime.fromtimestamp(offline.start + 120, UTC),
+         "inventory-variance", "dc-s-02", datetime.fromtimestamp(door.start, UTC)),
+    )  # fmt: skip
+    alerts = _check_alerts(db, result)
+    assert not isinstance(alerts, Unavailable)
+    assert (alerts.alerts, alerts.matched_alerts) == (3, 2)
+    assert alerts.per_fault["cold_room_door_open"] | {} == {
+        "faults": 1,
+        "detected": 1,
+        "recall_pct": 100.0,
+        "latency_p50_s": 300.0,
+        "latency_max_s": 300.0,
+    }
+    assert alerts.per_fault["reader_offline"]["latency_p50_s"] == 120.0
+    assert alerts.per_fault["shrink"]["detected"] == 0
