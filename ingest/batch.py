@@ -43,6 +43,8 @@ class Rows:
     replies: list[Reply] = field(default_factory=list)
     # device_id -> (last topic, messages)
     activity: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # (device_id, antenna) -> (newest read time, reads)
+    antennas: dict[tuple[str, int], tuple[datetime, int]] = field(default_factory=dict)
     oldest_observed_at: datetime | None = None
 
     @property
@@ -99,8 +101,21 @@ def decode_inbox(inbox: Inbox, router: Router, received_at: datetime, max_payloa
             _, count = activity.get(device_id, (topic, 0))
             activity[device_id] = (topic, count + 1)
     if reads:
-        rows.oldest_observed_at = min(row[0] for row in reads)
+        rows.oldest_observed_at = _summarise_antennas(reads, rows.antennas)
     return rows
+
+
+def _summarise_antennas(reads: list[Row], antennas: dict[tuple[str, int], tuple[datetime, int]]) -> datetime:
+    """Fill in each antenna's newest read and count; returns the oldest read time (for the lag metric)."""
+    oldest: datetime = reads[0][0]
+    for row in reads:
+        at = row[0]
+        if at < oldest:
+            oldest = at
+        key = (row[1], row[2])
+        seen = antennas.get(key)
+        antennas[key] = (at, 1) if seen is None else (at if at > seen[0] else seen[0], seen[1] + 1)
+    return oldest
 
 
 def _sort_other(reading: object, rows: Rows, received_at: datetime) -> str | None:

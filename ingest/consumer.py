@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
     max_messages: int = 5000
-    max_wait_s: float = 0.05
+    max_wait_s: float = 0.02
     max_payload_bytes: int = 262144
 
 

@@ -66,6 +66,16 @@ set last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
 Step = Callable[[psycopg.AsyncConnection[tuple[object, ...]], Rows], Awaitable[None]]
 
 
+_UPSERT_ANTENNAS: Final = """
+insert into antenna_activity as a (device_id, antenna, last_read_at, reads)
+select * from unnest(%(ids)s::text[], %(antennas)s::int2[], %(ats)s::timestamptz[], %(counts)s::bigint[])
+order by 1, 2
+on conflict (device_id, antenna) do update
+set last_read_at = greatest(a.last_read_at, excluded.last_read_at),
+    reads = a.reads + excluded.reads
+"""
+
+
 class Writer:
     """Owns one database connection; `write` commits a batch or raises `psycopg.Error` having written nothing."""
 
@@ -143,6 +153,17 @@ class Writer:
         )
 
     async def _record_activity(self, conn: psycopg.AsyncConnection[tuple[object, ...]], rows: Rows) -> None:
+        if rows.antennas:
+            keys = sorted(rows.antennas)
+            await conn.execute(
+                _UPSERT_ANTENNAS,
+                {
+                    "ids": [key[0] for key in keys],
+                    "antennas": [key[1] for key in keys],
+                    "ats": [rows.antennas[key][0] for key in keys],
+                    "counts": [rows.antennas[key][1] for key in keys],
+                },
+            )
         if not rows.activity:
             return
         ids = sorted(rows.activity)  # one lock order for every worker: no deadlocks between them

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -184,9 +184,14 @@ def _alert_text(check: AlertCheck | Unavailable) -> list[str]:
 
 
 def check(result: RunResult, dsn: str, wait_s: float = 60.0, settle_s: float = 3.0) -> CheckReport:
-    """Compare ``result`` with the database at ``dsn``, waiting up to ``wait_s`` for ingest to catch up."""
+    """Compare ``result`` with the database at ``dsn``, waiting up to ``wait_s`` for ingest and tracking."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         ingest = _check_ingest(conn, result, wait_s, settle_s)
+        if _exists(conn, "item_locations"):
+            # Tracking follows ingest; give it the same chance to settle.
+            query = "select count(*) from item_locations where since >= %s"
+            since = datetime.fromtimestamp(result.started_at - SKEW_MARGIN_S, UTC)
+            _wait_until_stable(conn, query, (since,), len(result.truth.items), wait_s, settle_s)
         location = _check_locations(conn, result)
         alerts = _check_alerts(conn, result)
     notes = []
@@ -200,18 +205,17 @@ def _exists(conn: psycopg.Connection[Any], name: str) -> bool:
     return bool(row and row[0])
 
 
-def _wait_for_reads(
-    conn: psycopg.Connection[Any], since: datetime, expected: int, wait_s: float, settle_s: float
-) -> float:
-    """Poll rfid_reads until it holds what was expected or stops growing for ``settle_s``; the time waited."""
+def _wait_until_stable(conn: psycopg.Connection[Any], query: LiteralString, params: tuple[Any, ...], target: int,
+                       wait_s: float, settle_s: float) -> float:  # fmt: skip
+    """Poll a count until it reaches ``target`` or stops changing for ``settle_s``; the time waited."""
     started = time.monotonic()
     last, last_change = -1, started
     while time.monotonic() - started < wait_s:
-        row = conn.execute("select count(*) from rfid_reads where read_at >= %s", (since,)).fetchone()
+        row = conn.execute(query, params).fetchone()
         count = int(row[0]) if row else 0
         if count != last:
             last, last_change = count, time.monotonic()
-        if count >= expected or time.monotonic() - last_change >= settle_s:
+        if count >= target or time.monotonic() - last_change >= settle_s:
             break
         time.sleep(POLL_S)
     return time.monotonic() - started
@@ -224,7 +228,8 @@ def _check_ingest(
         return Unavailable("the database has no rfid_reads table; run `stocktrace migrate`")
     rows = [r for r in result.truth.reads.distinct() if r[4] in DECODERS]
     since = datetime.fromtimestamp(result.started_at - SKEW_MARGIN_S, UTC)
-    waited = _wait_for_reads(conn, since, len(rows), wait_s, settle_s)
+    query = "select count(*) from rfid_reads where read_at >= %s"
+    waited = _wait_until_stable(conn, query, (since,), len(rows), wait_s, settle_s)
     per_format = _stored_per_format(conn, rows)
     for fmt in {r[4] for r in result.truth.reads.distinct()} - set(DECODERS):
         per_format[fmt] = {"decoder": False, "published": sum(1 for r in result.truth.reads.distinct() if r[4] == fmt)}
@@ -278,6 +283,8 @@ def _check_locations(conn: psycopg.Connection[Any], result: RunResult) -> Locati
             "select distinct on (epc) epc, location_id from item_locations order by epc, since desc"
         ).fetchall()
     )
+    if not located:
+        return Unavailable("item_locations has no rows: tracking is not running, or not built yet")
     truth = {epc: result.truth.location(epc) for epc in result.truth.items}
     present = {epc: place for epc, place in truth.items() if place is not None}
     departed = [epc for epc, place in truth.items() if place is None]

@@ -259,17 +259,16 @@ class Tracker(SimDevice):
     vehicle: Vehicle = field(kw_only=True)
     position: PositionFn = field(kw_only=True)
     user: str = "fleet"
-    connected_at: float = 0.0
     parked_every: int = 5
     calls: int = 0
 
     def will(self, t: float) -> Publication | None:
         if self.format == "owntracks":
-            return owntracks.will(self.user, self.id, int(self.connected_at + self.skew_s))
+            # The will is registered when connecting, so it carries the time of connecting (booklet, "lwt").
+            return owntracks.will(self.user, self.id, self.clock_ms(t) // 1000)
         return native.will(self.id)
 
     def birth(self, t: float) -> list[Message]:
-        self.connected_at = t
         return (
             []
             if self.format == "owntracks"

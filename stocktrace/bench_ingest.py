@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import shutil
 import subprocess
 import threading
@@ -24,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.synchronize import Event as EventType
 from typing import Final
 
 import msgspec
@@ -34,10 +36,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.consumer import BatchPolicy, Committed, Consumer
+from ingest.consumer import BatchPolicy, Committed, Consumer, shared
 from ingest.routes import Router
 from ingest.wire import BrokerOptions
-from ingest.writer import Writer
+from ingest.writer import Step, Writer
 from stocktrace import db
 
 _READS_PER_BATCHED_MESSAGE: Final = 50
@@ -56,6 +58,8 @@ class BenchConfig:
     naive_messages: int = 10_000
     batched_messages: int = 10_000
     batch: BatchPolicy = field(default_factory=BatchPolicy)
+    workers: int = 1
+    steps: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class BenchResult:
     reads_per_s: float
     batch_max_messages: int
     batch_max_wait_ms: float
+    workers: int
 
 
 def _lines(device: str, count: int, reads: int = 1, at: Callable[[int], float] | None = None) -> Iterator[bytes]:
@@ -185,52 +190,90 @@ def _paced(device: str, rate: float, seconds: float) -> Iterator[bytes]:
 class _Counter:
     """Counts committed messages and, optionally, the publish → commit latency of every read."""
 
-    def __init__(self, target: int, keep_latency: bool = False) -> None:
+    def __init__(self, target: int) -> None:
         self.target = target
         self.messages = 0
         self.reads = 0
         self.latencies_s: list[np.ndarray] = []
-        self.done = asyncio.Event()
-        self._keep_latency = keep_latency
 
-    def __call__(self, committed: Committed) -> None:
-        self.messages += committed.messages
-        self.reads += len(committed.rows.rfid_reads)
-        if self._keep_latency and committed.rows.rfid_reads:
+    def add(self, messages: int, reads: int, latencies_s: np.ndarray | None) -> bool:
+        """Count one commit; True once the target is reached."""
+        self.messages += messages
+        self.reads += reads
+        if latencies_s is not None:
+            self.latencies_s.append(latencies_s)
+        return self.messages >= self.target
+
+
+def _consume(
+    config: BenchConfig, client_id: str, topics: list[str], keep_latency: bool,
+    commits: multiprocessing.Queue[tuple[int, int, np.ndarray | None]], ready: EventType, stop: EventType,
+) -> None:  # fmt: skip
+    """A bench worker process: the service's consumer, reporting every commit to the parent."""
+
+    def on_commit(committed: Committed) -> None:
+        reads = committed.rows.rfid_reads
+        latencies = None
+        if keep_latency and reads:
             at = committed.committed_at.timestamp()
-            read_times = np.fromiter((row[0].timestamp() for row in committed.rows.rfid_reads), dtype=np.float64)
-            self.latencies_s.append(at - read_times)
-        if self.messages >= self.target:
-            self.done.set()
+            latencies = at - np.fromiter((row[0].timestamp() for row in reads), dtype=np.float64, count=len(reads))
+        commits.put((committed.messages, len(reads), latencies))
+
+    async def consume() -> None:
+        consumer = Consumer(
+            BrokerOptions(config.mqtt_host, config.mqtt_port, client_id, clean_start=True, session_expiry_s=300),
+            topics,
+            Router([]),
+            Writer(config.database_url, config.steps),
+            config.batch,
+            on_commit=on_commit,
+        )
+        stopping = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stopping))
+        await asyncio.wait_for(consumer.connected.wait(), 10)
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        stopping.set()
+        await task
+
+    asyncio.run(consume())
 
 
 async def _through_stocktrace(
-    config: BenchConfig, run: str, lines_for: Callable[[int], Iterator[bytes]], counter: _Counter
-) -> float:
-    """Publish through the C publishers into the real consumer; seconds from first byte to last commit."""
+    config: BenchConfig, run: str, lines_for: Callable[[int], Iterator[bytes]], counter: _Counter,
+    keep_latency: bool = False,
+) -> float:  # fmt: skip
+    """Publish through the C publishers into the real consumer in worker processes of its own (as the
+    service runs it); seconds from the first byte published to the last commit."""
     topics = [f"stocktrace/bench-{run}-{p}/reads" for p in range(config.publishers)]
-    consumer = Consumer(
-        BrokerOptions(
-            config.mqtt_host, config.mqtt_port, f"stocktrace-bench-{run}", clean_start=True, session_expiry_s=300
-        ),
-        topics,
-        Router([]),
-        Writer(config.database_url),
-        config.batch,
-        on_commit=counter,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    await asyncio.wait_for(consumer.connected.wait(), 10)
+    context = multiprocessing.get_context("spawn")
+    commits: multiprocessing.Queue[tuple[int, int, np.ndarray | None]] = context.Queue()
+    stop = context.Event()
+    workers = []
+    for index in range(config.workers):
+        ready = context.Event()
+        process = context.Process(
+            target=_consume,
+            args=(config, f"stocktrace-bench-{run}-{index}", shared(topics, f"bench-{run}"), keep_latency, commits,
+                  ready, stop),
+        )  # fmt: skip
+        process.start()
+        workers.append((process, ready))
+    for process, ready in workers:
+        if not await asyncio.to_thread(ready.wait, 30):
+            raise RuntimeError(f"bench worker {process.name} did not connect (exit code {process.exitcode})")
     publishers = Publishers(config, topics)
     started = time.perf_counter()
     publishers.feed([lines_for(p) for p in range(config.publishers)])
     try:
-        await asyncio.wait_for(counter.done.wait(), _PHASE_TIMEOUT_S)
+        deadline = started + _PHASE_TIMEOUT_S
+        while not counter.add(*await asyncio.to_thread(commits.get, True, max(0.1, deadline - time.perf_counter()))):
+            pass
     finally:
         elapsed = time.perf_counter() - started
         stop.set()
-        await task
+        for process, _ in workers:
+            await asyncio.to_thread(process.join, 30)
         await asyncio.to_thread(publishers.close)
     return elapsed
 
@@ -307,7 +350,7 @@ def _bare(config: BenchConfig, run: str) -> float:
 
 def _reset(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("truncate rfid_reads, telemetry, device_events, device_activity, dead_letters")
+        conn.execute("truncate rfid_reads, telemetry, device_events, device_activity, antenna_activity, dead_letters")
 
 
 def prepare_database(server_url: str, name: str) -> str:
@@ -324,7 +367,10 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
     run = uuid.uuid4().hex[:8]
     per = config.messages // config.publishers
 
-    progress(f"stocktrace: {config.messages:,} single-read messages from {config.publishers} C publishers ...")
+    progress(
+        f"stocktrace: {config.messages:,} single-read messages from {config.publishers} C publishers"
+        f" into {config.workers} worker process(es) ..."
+    )
     _reset(config.database_url)
     counter = _Counter(per * config.publishers)
     elapsed = await _through_stocktrace(config, f"{run}t", lambda p: _chunked(_lines(f"t{p}", per)), counter)
@@ -334,8 +380,10 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
     progress(f"latency: {config.rate:,} msg/s offered for {config.latency_seconds:g} s ...")
     _reset(config.database_url)
     rate_each = config.rate / config.publishers
-    latency = _Counter(int(rate_each * config.latency_seconds) * config.publishers, keep_latency=True)
-    await _through_stocktrace(config, f"{run}l", lambda p: _paced(f"l{p}", rate_each, config.latency_seconds), latency)
+    latency = _Counter(int(rate_each * config.latency_seconds) * config.publishers)
+    await _through_stocktrace(
+        config, f"{run}l", lambda p: _paced(f"l{p}", rate_each, config.latency_seconds), latency, keep_latency=True
+    )
     latencies_ms = np.concatenate(latency.latencies_s) * 1000
     p50, p99 = (float(v) for v in np.percentile(latencies_ms, [50, 99]))
     progress(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms")
@@ -373,6 +421,7 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
         reads_per_s=round(reads_per_s, 1),
         batch_max_messages=config.batch.max_messages,
         batch_max_wait_ms=config.batch.max_wait_s * 1000,
+        workers=config.workers,
     )
 
 

@@ -10,8 +10,8 @@ import click
 import psycopg
 
 from devices import cli as devices_cli
-from simulator import cli as simulator_cli
 from ingest.consumer import BatchPolicy
+from simulator import cli as simulator_cli
 from stocktrace import bench_ingest as bench_ingest_module
 from stocktrace import db, service
 from stocktrace.settings import Settings, SettingsError, load_settings
@@ -107,10 +107,11 @@ def bench() -> None:
 @click.option("--latency-seconds", default=5.0, show_default=True, help="Length of the latency run.")
 @click.option("--naive-messages", default=10_000, show_default=True, help="Messages for the one-INSERT-each baseline.")
 @click.option("--batched-messages", default=10_000, show_default=True, help="Messages of 50 reads in the batched run.")
+@click.option("--workers", default=1, show_default=True, help="stocktrace worker processes (as `run --workers`).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench_ingest(
     messages: int, publishers: int, rate: int, latency_seconds: float, naive_messages: int, batched_messages: int,
-    as_json: bool,
+    workers: int, as_json: bool,
 ) -> None:  # fmt: skip
     """Ingest throughput and latency through the real broker and database, against baselines.
 
@@ -131,6 +132,7 @@ def bench_ingest(
         url, settings.mqtt_host, settings.mqtt_port, messages, publishers, rate, latency_seconds, naive_messages,
         batched_messages,
         BatchPolicy(settings.batch_max_messages, settings.batch_max_wait_ms / 1000, settings.max_payload_bytes),
+        workers,
     )  # fmt: skip
 
     def progress(line: str) -> None:

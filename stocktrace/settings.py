@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         description="Topic filter → decoder, ';'-separated, e.g. 'zebra/+/data=zebra-fx;ttn/#=ttn-v3'",
     )
     batch_max_messages: int = Field(5000, ge=1, description="Commit a batch when it holds this many messages")
-    batch_max_wait_ms: int = Field(50, ge=1, description="... or when its first message has waited this long")
+    batch_max_wait_ms: int = Field(20, ge=1, description="... or when its first message has waited this long")
     max_payload_bytes: int = Field(
         262144, ge=64, description="Larger payloads are refused into the dead letters without being decoded"
     )

@@ -64,14 +64,29 @@ class _Read(msgspec.Struct, forbid_unknown_fields=True):
     at: float | str | None = None
 
 
+class _Batch(msgspec.Struct, forbid_unknown_fields=True):
+    reads: Annotated[list[_Read], msgspec.Meta(min_length=1, max_length=MAX_READS_PER_MESSAGE)]
+    at: float | str | None = None
+
+
 _FAST_READ: Final = msgspec.json.Decoder(_Read)
+_FAST_BATCH: Final = msgspec.json.Decoder(_Batch)
 
 
 def _decode_reads(device_id: str, message: RawMessage) -> list[Reading]:
+    payload = message.payload
     try:
-        read = _FAST_READ.decode(message.payload)
+        if b'"reads"' in payload:
+            batch = _FAST_BATCH.decode(payload)
+            observed_at = message.received_at if batch.at is None else parse_time(batch.at)
+            return [
+                TagRead(device_id, observed_at if read.at is None else parse_time(read.at), read.epc.upper(),
+                        read.antenna, read.rssi_dbm, {})
+                for read in batch.reads
+            ]  # fmt: skip
+        read = _FAST_READ.decode(payload)
     except msgspec.DecodeError:
-        # Batches, extra vendor fields and every error take the general path, which explains itself.
+        # Extra vendor fields and every error take the general path, which keeps the one and explains the other.
         return _decode_reads_generally(device_id, message)
     observed_at = message.received_at if read.at is None else parse_time(read.at)
     return [TagRead(device_id, observed_at, read.epc.upper(), read.antenna, read.rssi_dbm, {})]

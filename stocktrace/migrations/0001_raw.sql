@@ -15,8 +15,9 @@ create table rfid_reads (
 );
 select create_hypertable('rfid_reads', by_range('read_at', interval '1 hour'));
 create unique index rfid_reads_natural_key on rfid_reads (epc, read_at, device_id, antenna);
--- Per reader (and through the antenna map, per location) over time.
-create index rfid_reads_device_time on rfid_reads (device_id, antenna, read_at desc);
+-- No second index: one on (device, antenna, time) halves COPY throughput (200k against 314k rows/s measured
+-- here). "Latest read per antenna" is kept in antenna_activity instead, and per-reader rates over a time range
+-- scan the recent one-hour chunks.
 
 -- Sensor values and GPS fixes: far fewer rows, so one-day chunks.
 create table telemetry (
@@ -54,6 +55,15 @@ create table device_activity (
     last_seen_at  timestamptz not null,
     last_topic    text        not null,
     messages      bigint      not null default 0   -- deliveries: a redelivered message counts again
+);
+
+-- Per reader antenna: its newest read and how many reads it has delivered; kept current once per batch.
+create table antenna_activity (
+    device_id     text        not null,
+    antenna       smallint    not null,
+    last_read_at  timestamptz not null,
+    reads         bigint      not null default 0,   -- deliveries, as device_activity.messages
+    primary key (device_id, antenna)
 );
 
 -- What could not be decoded, with the reason; nothing a device sends is silently lost.

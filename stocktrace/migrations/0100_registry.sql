@@ -155,12 +155,13 @@ left join lateral (
 create view unassigned_devices as
 select * from device_health where not assigned;
 
--- Every antenna that is mapped or has reported an event, with its latest read and its latest event. The latest
--- read comes from the newest chunk that has one (the index on rfid_reads (device_id, antenna, read_at desc));
--- filter by device_id: the event part scans device_events otherwise.
+-- Every antenna that is mapped, has read or has reported an event, with its latest read (antenna_activity, kept
+-- by ingest per batch) and its latest event; filter by device_id: the event part scans device_events otherwise.
 create view antenna_health as
 with ports as (
     select device_id, antenna from antennas
+    union
+    select device_id, antenna from antenna_activity
     union
     select device_id, antenna from device_events where antenna >= 0
 )
@@ -169,18 +170,13 @@ select
     p.antenna,
     m.location_id,
     m.side,
-    r.read_at      as last_read_at,
+    r.last_read_at,
     e.online       as connected,
     e.reason       as last_event_reason,
     e.observed_at  as last_event_at
 from ports p
 left join antennas m on m.device_id = p.device_id and m.antenna = p.antenna
-left join lateral (
-    select rr.read_at from rfid_reads rr
-    where rr.device_id = p.device_id and rr.antenna = p.antenna
-    order by rr.read_at desc
-    limit 1
-) r on true
+left join antenna_activity r on r.device_id = p.device_id and r.antenna = p.antenna
 left join lateral (
     select ev.online, ev.reason, ev.observed_at from device_events ev
     where ev.device_id = p.device_id and ev.antenna = p.antenna

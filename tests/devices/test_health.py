@@ -107,7 +107,11 @@ def test_antennas_report_last_read_and_connection(db: Conn, site: None) -> None:
     _seen(db, "fx-1", timedelta(seconds=1))
     for ago, antenna in ((30, 1), (3, 1), (90, 2)):
         at = NOW - timedelta(seconds=ago)
-        db.execute("insert into rfid_reads values (%s, 'fx-1', %s, 'E200', -60, %s, null)", (at, antenna, at))
+        db.execute(
+            "insert into antenna_activity values ('fx-1', %s, %s, 1) on conflict (device_id, antenna) do update"
+            " set last_read_at = greatest(antenna_activity.last_read_at, excluded.last_read_at)",
+            (antenna, at),
+        )
     _event(db, "fx-1", NOW - timedelta(seconds=20), False, "antenna-disconnected", antenna=2)
     _event(db, "fx-1", NOW - timedelta(seconds=40), False, "antenna-disconnected", antenna=3)
     _event(db, "fx-1", NOW - timedelta(seconds=10), True, "antenna-connected", antenna=3)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ingest.consumer import BatchPolicy, Consumer
 from ingest.routes import Route, Router
 from ingest.wire import BrokerOptions
-from ingest.writer import Writer
+from ingest.writer import Step, Writer
 
 
 def publisher(address: tuple[str, int]) -> mqtt.Client:
@@ -45,12 +45,13 @@ async def running_consumer(
     client_id: str | None = None,
     routes: list[Route] | None = None,
     policy: BatchPolicy | None = None,
+    steps: Sequence[Step] = (),
 ) -> AsyncIterator[Consumer]:
     consumer = Consumer(
         BrokerOptions(address[0], address[1], client_id or f"test-{uuid.uuid4().hex[:8]}", session_expiry_s=60),
         topic_filters,
         Router(routes or []),
-        Writer(dsn),
+        Writer(dsn, steps=steps),
         policy or BatchPolicy(max_messages=500, max_wait_s=0.02),
     )
     stop = asyncio.Event()
