@@ -108,11 +108,13 @@ class Consumer:
                 log.info("consuming %s (session present: %s)", ", ".join(self._filters), connection.session_present)
                 attempt = 0
                 self.connected.set()
+                metrics.SUBSCRIBED.set(1)
                 await self._pump(connection, stop)
             except MqttError as exc:
                 attempt = await self._retry_later(stop, attempt, f"broker connection: {exc}")
             finally:
                 self.connected.clear()
+                metrics.SUBSCRIBED.set(0)
                 self._inbox = Inbox()  # not committed, not acknowledged: the broker redelivers these
                 self._has_messages.clear()
                 self._full.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES: Final = Counter("stocktrace_ingest_messages", "MQTT messages committed and acknowledged")
 ROWS: Final = Counter("stocktrace_ingest_rows", "Rows written to the raw tables", ["table"])
@@ -25,4 +25,9 @@ LAG_SECONDS: Final = Histogram(
     "stocktrace_ingest_lag_seconds",
     "From the oldest read's device time to its commit, per batch",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600),
+)
+SUBSCRIBED: Final = Gauge(
+    "stocktrace_ingest_subscribed_workers",
+    "Workers connected and subscribed (1 per worker process)",
+    multiprocess_mode="livesum",
 )

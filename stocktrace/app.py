@@ -16,9 +16,13 @@ from ingest.api import router as ingest_router
 from ingest.wire import Connection, MqttError
 from stocktrace import db
 from stocktrace.settings import Settings, broker_options
+from tracking.epcis_api import router as epcis_router
+from tracking.inventory_api import router as inventory_router
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
+    """The API; with ``workers``, readiness also waits for that many ingest workers to be subscribed."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = db.create_pool(settings.database_url)
@@ -36,7 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    for router in (devices_router, ingest_router):
+    for router in (devices_router, ingest_router, inventory_router, epcis_router):
         app.include_router(router, prefix="/api/v1")
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
@@ -46,6 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz", tags=["operations"], summary="The database and the broker are reachable")
     async def readyz() -> JSONResponse:
         checks = {"database": await _database_ok(settings), "broker": await _broker_ok(settings)}
+        if workers is not None:
+            checks["workers"] = _workers_ok(workers)
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse({"status": "ok" if ready else "unavailable", **checks}, status_code=200 if ready else 503)
 
@@ -63,6 +69,16 @@ def _registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
     return registry
+
+
+def _workers_ok(expected: int) -> str:
+    subscribed = 0.0
+    for metric in _registry().collect():
+        if metric.name == "stocktrace_ingest_subscribed_workers":
+            subscribed = sum(sample.value for sample in metric.samples)
+    if subscribed >= expected:
+        return "ok"
+    return f"{subscribed:.0f} of {expected} ingest workers subscribed"
 
 
 async def _database_ok(settings: Settings) -> str:

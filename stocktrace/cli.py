@@ -15,6 +15,7 @@ from simulator import cli as simulator_cli
 from stocktrace import bench_ingest as bench_ingest_module
 from stocktrace import db, service
 from stocktrace.settings import Settings, SettingsError, load_settings
+from tracking import eventlog_cli
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,9 @@ def bench_ingest(
     )
 
 
-for _command in [*devices_cli.COMMANDS, *simulator_cli.COMMANDS]:
+for _command in [*devices_cli.COMMANDS, *eventlog_cli.COMMANDS, *simulator_cli.COMMANDS]:
     main.add_command(_command)
-for _command in devices_cli.BENCHMARKS:
+for _command in [*devices_cli.BENCHMARKS, *eventlog_cli.BENCHMARKS]:
     bench.add_command(_command)
 
 

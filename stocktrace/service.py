@@ -21,6 +21,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Final
 
 import uvicorn
+from prometheus_client import multiprocess
 
 from ingest.consumer import BatchPolicy, Consumer, shared
 from ingest.routes import Router
@@ -99,6 +100,7 @@ class Supervisor:
             for index, process in list(self._processes.items()):
                 if not process.is_alive():
                     log.error("worker %d exited with code %s; restarting it", index, process.exitcode)
+                    _forget_metrics_of(process)
                     self.start(index)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _RESTART_DELAY_S)
@@ -118,6 +120,12 @@ class Supervisor:
                 process.kill()
 
 
+def _forget_metrics_of(process: SpawnProcess) -> None:
+    # Live gauges (subscribed workers) of a dead process must stop counting.
+    if process.pid is not None and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+
+
 class _ApiServer(uvicorn.Server):
     """uvicorn without its signal handling: the service owns SIGTERM/SIGINT and shuts the API down itself."""
 
@@ -134,7 +142,7 @@ async def serve(settings: Settings, workers: int, stop: asyncio.Event | None = N
         loop.add_signal_handler(sig, stop.set)
     server = _ApiServer(
         uvicorn.Config(
-            create_app(settings),
+            create_app(settings, workers),
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",

@@ -25,7 +25,9 @@ def test_settings_errors_name_the_variable_and_the_fix(monkeypatch) -> None:
     message = str(error.value)
     assert "STOCKTRACE_MQTT_URL: must look like mqtt://host:1883" in message
     assert "STOCKTRACE_BATCH_MAX_MESSAGES" in message
-    assert "STOCKTRACE_ROUTES" in message and "known decoders:" in message and "native" in message
+    assert "STOCKTRACE_ROUTES" in message
+    assert "known decoders:" in message
+    assert "native" in message
 
 
 def test_settings_parse_routes_and_topics(monkeypatch) -> None:
@@ -105,7 +107,9 @@ def test_dead_letters_are_listed_newest_first_and_paged(client, db) -> None:
 
 def test_ingest_stats_count_recent_reads(client, db) -> None:
     now = datetime.now(UTC)
-    db.execute("insert into rfid_reads (read_at, device_id, epc, received_at) values (%s, 'd', 'ABCD1234', %s)", (now, now))
+    db.execute(
+        "insert into rfid_reads (read_at, device_id, epc, received_at) values (%s, 'd', 'ABCD1234', %s)", (now, now)
+    )
     stats = client.get("/api/v1/ingest/stats").json()
     assert stats["rfid_reads_last_minute"] == 1
 

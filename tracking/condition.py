@@ -237,16 +237,20 @@ def _series(stays: list[Row], sensors: dict[str, tuple[str, ...]], max_hold_s: f
             "hold": max_hold_s,
         },
     )
-    samples: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    columns: dict[tuple[str, str], list[list[float]]] = defaultdict(lambda: [[], []])
     for row in rows:
-        samples[(row["device_id"], row["quantity"])].append((row["t"], row["value"]))
+        column_t, column_v = columns[(row["device_id"], row["quantity"])]
+        column_t.append(row["t"])
+        column_v.append(row["value"])
     merged: _Series = {}
     for group in set(sensors.values()):
         for quantity in (_TEMPERATURE, _HUMIDITY):
-            points = sorted(p for device in group for p in samples.get((device, quantity), ()))
-            if points:
-                table = np.array(points, dtype=np.float64)
-                merged[(group, quantity)] = (table[:, 0], table[:, 1])
+            parts = [columns[(device, quantity)] for device in group if (device, quantity) in columns]
+            if parts:
+                merged_t = np.concatenate([np.asarray(p[0], dtype=np.float64) for p in parts])
+                merged_v = np.concatenate([np.asarray(p[1], dtype=np.float64) for p in parts])
+                order = np.argsort(merged_t, kind="stable")
+                merged[(group, quantity)] = (merged_t[order], merged_v[order])
     return merged
 
 

@@ -14,6 +14,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -41,7 +42,7 @@ _PYTHON_ROWS: Final = (
 # The database recomputes each hash. The expression is written out here rather than calling
 # event_log_canonical(), so that a function replaced in the database cannot hide an edit.
 _SQL_ROWS: Final = (
-    f"select seq, {_RECORDED_AT}, prev_hash, hash,"
+    "select seq, prev_hash, hash,"
     " hash = sha256(prev_hash || convert_to(concat_ws(E'\\n', seq::text,"
     f" {_RECORDED_AT}, {_EVENT_TIME}, kind, subject, payload::text), 'UTF8'))"
     " from event_log where seq >= %s order by seq"
@@ -64,7 +65,9 @@ def utc_text(at: datetime) -> str:
     return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def append(conn: psycopg.Connection[Any], kind: str, subject: str, event_time: datetime, payload: Mapping[str, Any]) -> None:
+def append(
+    conn: psycopg.Connection[Any], kind: str, subject: str, event_time: datetime, payload: Mapping[str, Any]
+) -> None:
     """Queue an event on ``conn``'s transaction; it is chained, and gets its seq, when that transaction commits."""
     conn.execute("select event_log_append(%s, %s, %s, %s)", (kind, subject, event_time, Jsonb(dict(payload))))
 
@@ -100,7 +103,9 @@ class Anchor:
 class Problem:
     seq: int
     kind: str
-    """edited, missing, broken_link, out_of_order, truncated, head_behind, head_mismatch, head_missing, anchor."""
+    """edited, missing, broken_link, truncated, head_behind, head_mismatch, head_missing or anchor.
+
+    Reordered entries show as edited (seq is part of what is hashed) with broken links around them."""
     detail: str
 
 
@@ -154,7 +159,7 @@ class Report:
 Progress = Callable[[int, int], None]
 """Called now and then during a walk with (entries checked, last seq)."""
 
-_Row = tuple[int, str, bytes, bytes, bool]  # seq, recorded_at, prev_hash, hash, hash matches content
+_Row = tuple[int, bytes, bytes, bool]  # seq, prev_hash, hash, hash matches content
 
 
 def verify(
@@ -167,14 +172,14 @@ def verify(
 ) -> Report:
     """Walk the chain from ``from_seq`` to its end in one snapshot. ``conn`` must not be in a transaction."""
     started = time.perf_counter()
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    with conn.transaction():
-        walk = _Walk(Report(from_seq=from_seq), *_entry_before(conn, from_seq), anchor)
+    walk = _Walk(Report(from_seq=from_seq), anchor)
+    with _snapshot(conn):
+        walk.start(*_entry_before(conn, from_seq))
+        if anchor is not None and anchor.seq is not None and anchor.seq < from_seq:
+            walk.anchor_seen = _hash_at(conn, anchor.seq) == anchor.hash
         with conn.cursor(name="event_log_verify", binary=True) as cursor:
             cursor.execute(_PYTHON_ROWS if engine is Engine.PYTHON else _SQL_ROWS, (from_seq,))
-            rows = _python_rows(cursor) if engine is Engine.PYTHON else _sql_rows(cursor)
-            for batch in rows:
+            for batch in _python_rows(cursor) if engine is Engine.PYTHON else _sql_rows(cursor):
                 walk.check(batch)
                 if progress is not None:
                     progress(walk.report.entries, walk.prev_seq)
@@ -182,6 +187,18 @@ def verify(
     walk.finish(head)
     walk.report.elapsed_s = time.perf_counter() - started
     return walk.report
+
+
+@contextmanager
+def _snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A read-only REPEATABLE READ transaction, so that the entries and the head are seen at one instant."""
+    saved = conn.isolation_level, conn.read_only
+    conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+    try:
+        with conn.transaction():
+            yield
+    finally:
+        conn.isolation_level, conn.read_only = saved
 
 
 def _entry_before(conn: psycopg.Connection[Any], from_seq: int) -> tuple[int, bytes]:
@@ -192,13 +209,18 @@ def _entry_before(conn: psycopg.Connection[Any], from_seq: int) -> tuple[int, by
     return (row[0], bytes(row[1])) if row is not None else (0, GENESIS)
 
 
+def _hash_at(conn: psycopg.Connection[Any], seq: int) -> bytes | None:
+    row = conn.execute("select hash from event_log where seq = %s", (seq,)).fetchone()
+    return bytes(row[0]) if row is not None else None
+
+
 def _python_rows(cursor: psycopg.ServerCursor[Any]) -> Iterator[list[_Row]]:
     sha256 = hashlib.sha256
     while batch := cursor.fetchmany(_FETCH_ROWS):
         yield [
-            (seq, recorded, prev, stored, sha256(prev + f"{seq}\n{recorded}\n{ev}\n{kind}\n{subj}\n{doc}".encode()).digest() == stored)
-            for seq, recorded, ev, kind, subj, doc, prev, stored in batch
-        ]  # fmt: skip
+            (seq, prev, stored, sha256(prev + f"{seq}\n{at}\n{ev}\n{kind}\n{subj}\n{doc}".encode()).digest() == stored)
+            for seq, at, ev, kind, subj, doc, prev, stored in batch
+        ]
 
 
 def _sql_rows(cursor: psycopg.ServerCursor[Any]) -> Iterator[list[_Row]]:
@@ -209,26 +231,27 @@ def _sql_rows(cursor: psycopg.ServerCursor[Any]) -> Iterator[list[_Row]]:
 class _Walk:
     """The chain's invariants, checked entry by entry against the one before."""
 
-    def __init__(self, report: Report, prev_seq: int, prev_hash: bytes, anchor: Anchor | None) -> None:
+    def __init__(self, report: Report, anchor: Anchor | None) -> None:
         self.report = report
-        self.prev_seq, self.prev_hash, self.prev_recorded = prev_seq, prev_hash, ""
+        self.prev_seq, self.prev_hash = 0, GENESIS
         self.anchor = anchor
-        self.anchor_seen = anchor is not None and anchor.seq is not None and anchor.seq < report.from_seq
+        self.anchor_seen = False
+
+    def start(self, prev_seq: int, prev_hash: bytes) -> None:
+        """Link the first entry walked to this one (the entry before it, or the genesis)."""
+        self.prev_seq, self.prev_hash = prev_seq, prev_hash
 
     def check(self, rows: list[_Row]) -> None:
-        for seq, recorded, prev_hash, stored, matches in rows:
+        for seq, prev_hash, stored, matches in rows:
             if seq != self.prev_seq + 1:
                 self._missing(seq)
             elif prev_hash != self.prev_hash:
-                self._problem(seq, "broken_link", f"its prev_hash is not the hash of seq {self.prev_seq}: that "
-                              "entry was edited and re-hashed, or entries were replaced or reordered")  # fmt: skip
+                self._broken_link(seq)
             if not matches:
                 self._problem(seq, "edited", "its content no longer matches its hash: the entry was edited")
-            if recorded < self.prev_recorded:
-                self._problem(seq, "out_of_order", f"recorded at {recorded}, before seq {self.prev_seq}")
             if self.anchor is not None and stored == self.anchor.hash and self.anchor.seq in (None, seq):
                 self.anchor_seen = True
-            self.prev_seq, self.prev_hash, self.prev_recorded = seq, stored, recorded
+            self.prev_seq, self.prev_hash = seq, stored
         if rows:
             self.report.first_seq = self.report.first_seq or rows[0][0]
             self.report.last_seq = rows[-1][0]
@@ -242,19 +265,25 @@ class _Walk:
         else:
             self._check_head(last, head[0], bytes(head[1]))
         if self.anchor is not None and not self.anchor_seen:
-            self._problem(self.anchor.seq or last, "anchor", f"the chain does not contain the expected head "
-                          f"{self.anchor}: it was rewritten or cut before that entry")  # fmt: skip
+            detail = f"the chain does not contain the expected head {self.anchor}: it was rewritten or cut before it"
+            self._problem(self.anchor.seq or last, "anchor", detail)
 
     def _check_head(self, last: int, head_seq: int, head_hash: bytes) -> None:
         self.report.head_seq, self.report.head_hash = head_seq, head_hash
         if head_seq > last:
-            self._problem(last + 1, "truncated", f"entries {last + 1}..{head_seq} are missing from the end "
-                          f"(the head records seq {head_seq})")  # fmt: skip
+            detail = f"entries {last + 1}..{head_seq} are missing from the end (the head records seq {head_seq})"
+            self._problem(last + 1, "truncated", detail)
         elif head_seq < last:
-            self._problem(head_seq + 1, "head_behind", f"the log goes on past the head (seq {head_seq}): entries "
-                          f"{head_seq + 1}..{last} did not come through event_log_append, or the head was edited")  # fmt: skip
+            detail = f"the log goes on past the head (seq {head_seq}): entries {head_seq + 1}..{last} did not"
+            self._problem(
+                head_seq + 1, "head_behind", f"{detail} come through event_log_append, or the head was edited"
+            )
         elif head_hash != self.prev_hash:
             self._problem(last, "head_mismatch", f"the head's hash is not seq {last}'s: one of them was edited")
+
+    def _broken_link(self, seq: int) -> None:
+        detail = f"its prev_hash is not the hash of seq {self.prev_seq}: that entry was edited and re-hashed, or"
+        self._problem(seq, "broken_link", f"{detail} entries were replaced or reordered")
 
     def _missing(self, seq: int) -> None:
         first = self.prev_seq + 1

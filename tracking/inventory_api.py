@@ -323,14 +323,15 @@ async def _read_book(request: Request, now: datetime) -> tuple[ParsedBook, str]:
     if content_type in _CSV_TYPES:
         return _parse_csv_bytes(await request.body(), now), "csv"
     if content_type == "multipart/form-data":
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                [{"loc": ["body", "file"], "msg": "a multipart upload needs the CSV in a part named 'file'"}],
-            )
-        return _parse_csv_bytes(await upload.read(), now), f"csv:{upload.filename or 'upload'}"
+        # The form closes its spooled files on exit.
+        async with request.form() as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    [{"loc": ["body", "file"], "msg": "a multipart upload needs the CSV in a part named 'file'"}],
+                )
+            return _parse_csv_bytes(await upload.read(), now), f"csv:{upload.filename or 'upload'}"
     raise HTTPException(
         status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
         f"send application/json, text/csv or multipart/form-data, not {content_type!r}",

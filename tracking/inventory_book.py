@@ -281,9 +281,8 @@ def current_book(location_id: str | None = None, gtin: str | None = None) -> Pla
     """The book now, at `location_id` and inside it (everywhere when None), one line per GTIN and location."""
     rows = yield Statement(
         """
-        select gtin, location_id, quantity, as_of from inventory_book
-        where (%(loc)s::text is null or location_id in (select location_id from location_subtree(%(loc)s)))
-          and (%(gtin)s::text is null or gtin = %(gtin)s)
+        select gtin, location_id, quantity, as_of from book_current(%(loc)s)
+        where %(gtin)s::text is null or gtin = %(gtin)s
         order by location_id, gtin
         """,
         {"loc": location_id, "gtin": gtin},

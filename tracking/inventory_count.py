@@ -91,8 +91,8 @@ def finish_cycle_count(count_id: int) -> Plan[CycleCount]:
             group by i.gtin
         ),
         book as (
-            select b.gtin, sum(b.quantity) as units from inventory_book b
-            where b.location_id in (select location_id from subtree)
+            select b.gtin, sum(b.quantity) as units
+            from book_current((select location_id from counted)) b
             group by b.gtin
         )
         insert into cycle_count_results (count_id, gtin, observed_units, book_units, unread_units)

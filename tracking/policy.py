@@ -13,8 +13,9 @@ everything else           2          60            6
 
 - dwell: a tag passing by a shelf on a forklift is read a few times; 2 s of reads at the same place is a tag that
   stays. A dock door is a place items pass through, so any read there counts at once.
-- age-out: shelf readers report every minute or so, and a tag in a full freezer is missed for tens of seconds,
-  so 60 s. A dock door is read at 20 Hz while something passes, and an item stays there only seconds, so 10 s.
+- age-out: a tag in a full freezer is missed for tens of seconds, so 60 s. A dock door is read at 20 Hz while
+  something passes, and an item stays there only seconds, so 10 s. A tag read less often than that (a reader
+  reporting once a minute) gets three of its own read intervals instead (``AGE_OUT_READ_INTERVALS``).
   Age-out is counted on the location's own clock (its readers' newest read or heartbeat), never the wall clock:
   a reader that stops reporting leaves what it saw where it was, and late delivery cannot age anything out.
 - hysteresis: the RSSI of one tag at one antenna varies by a few dB from read to read; 6 dB (four times the
@@ -56,9 +57,15 @@ POLICY_BY_KIND: Final[Mapping[str, PresencePolicy]] = {
 # Locations whose antennas are marked side 'in'/'out' and whose passes have a direction.
 PORTAL_KINDS: Final = frozenset({"dock_door"})
 
-# A tag unread at a location for longer than this starts a new visit there (tag_sightings.first_seen_at, the
-# smoothed RSSI and the portal pass restart). Shorter than every default age-out, so a visit never spans one.
-VISIT_GAP_S: Final = 10.0
+# A tag unread at a location for longer than this starts a new visit there (tag_sightings.first_seen_at, reads and
+# the smoothed RSSI restart). Long enough to span a few reports of a reader that reports once a minute, so that a
+# tag on a shelf stays one visit; a portal pass (the reads of a dock door's antennas) ends after the short gap.
+VISIT_GAP_S: Final = 300.0
+PORTAL_PASS_GAP_S: Final = 10.0
+# A tag has departed when it has been missing for this many of its own usual read intervals at the location (the
+# mean time between its reads during the visit), if that is longer than the age-out. A reader that reports once a
+# minute reads each tag once a minute, and one missed report is no departure.
+AGE_OUT_READ_INTERVALS: Final = 3.0
 # Weight of one read in the RSSI moving average: n newer reads together weigh 1 - (1 - a)^n.
 RSSI_READ_WEIGHT: Final = 0.3
 

@@ -12,9 +12,12 @@ registry every ``refresh_s`` seconds.
 
 Merging: first/last seen only widen (``least``/``greatest``), so a late read never makes a sighting look newer
 than it is; the smoothed RSSI and the last device, antenna and side move only with reads newer than
-``last_seen_at``. A read more than ``VISIT_GAP_S`` after the last one starts a new visit (first seen, reads and
-RSSI restart). Redelivery after a crash re-applies the same minima and maxima, which changes nothing, but adds
-its reads to ``reads`` again: that counter may over-count redelivered batches.
+``last_seen_at``. A read more than ``VISIT_GAP_S`` after the last one (``PORTAL_PASS_GAP_S`` at a portal) starts
+a new visit (first seen, reads and RSSI restart). Reads within one batch are one visit whatever their gaps.
+
+Redelivery after a crash re-applies the same minima and maxima, which changes nothing, but adds its reads to
+``reads`` again: that counter may over-count redelivered batches (which only shortens a tag's read interval, and
+so its age-out, a little).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from prometheus_client import Counter
 
 from devices.epc import identify
 from ingest.batch import Row, Rows
-from tracking.policy import RSSI_READ_WEIGHT, VISIT_GAP_S
+from tracking.policy import PORTAL_PASS_GAP_S, RSSI_READ_WEIGHT, VISIT_GAP_S
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +68,15 @@ _BATCH_TYPES: Final = (
     "timestamptz", "timestamptz", "timestamptz", "timestamptz", "text", "text", "text", "text", "text",
 )  # fmt: skip
 
-# A tag unread for longer than VISIT_GAP_S before this batch's first read of it: a new visit (or portal pass).
-_NEW_VISIT: Final = f"excluded.first_seen_at > s.last_seen_at + interval '{VISIT_GAP_S} seconds'"
+# A tag unread for longer than the gap before this batch's first read of it: a new visit (or portal pass). A
+# portal's reads carry their side, and a pass ends after the short gap.
+_NEW_VISIT: Final = (
+    "excluded.first_seen_at > s.last_seen_at + case when excluded.side is null"
+    f" then interval '{VISIT_GAP_S} seconds' else interval '{PORTAL_PASS_GAP_S} seconds' end"
+)
 _NEW_PASS: Final = (
     "least(excluded.in_first_at, excluded.out_first_at)"
-    f" > greatest(p.in_last_at, p.out_last_at) + interval '{VISIT_GAP_S} seconds'"
+    f" > greatest(p.in_last_at, p.out_last_at) + interval '{PORTAL_PASS_GAP_S} seconds'"
 )
 _NEWER: Final = "excluded.last_seen_at >= s.last_seen_at"
 

@@ -38,21 +38,29 @@ create index items_lot on items (lot) where lot is not null;
 
 -- ----------------------------------------------------------------------------------------------------
 -- The location hierarchy, flattened: one row per location and each of its ancestors, itself included at
--- depth 0. A view rather than a closure table kept by triggers: the registry rewrites parents and sites
--- (ON UPDATE CASCADE) and a view can never be stale; a few thousand locations flatten in milliseconds.
-create view location_ancestry as
-with recursive up (location_id, ancestor_id, depth) as (
-    select id, id, 0 from locations
-    union all
-    select up.location_id, l.parent_id, up.depth + 1
-    from up join locations l on l.id = up.ancestor_id
-    where l.parent_id is not null
-)
-select location_id, ancestor_id, depth from up;
+-- depth 0. Computed on each use rather than kept in a closure table by triggers: the registry rewrites parents
+-- and sites (ON UPDATE CASCADE) and a function can never be stale; a few thousand locations flatten in
+-- milliseconds. These are functions that the planner does not inline (the SET clause), so it plans with their
+-- ROWS estimate: planned inline, a recursive CTE over a table without statistics yet (a new deployment's
+-- locations, rarely large enough for autovacuum to analyze) is estimated at millions of rows, and the query
+-- then spends most of a second JIT-compiling.
+create function location_ancestry_rows() returns table (location_id text, ancestor_id text, depth integer)
+language sql stable rows 2000 set jit = off as $$
+    with recursive up (location_id, ancestor_id, depth) as (
+        select id, id, 0 from locations
+        union all
+        select up.location_id, l.parent_id, up.depth + 1
+        from up join locations l on l.id = up.ancestor_id
+        where l.parent_id is not null
+    )
+    select location_id, ancestor_id, depth from up
+$$;
+
+create view location_ancestry as select location_id, ancestor_id, depth from location_ancestry_rows();
 
 -- A location and everything inside it, for the queries that start from one location.
 create function location_subtree(root text) returns table (location_id text, depth integer)
-language sql stable as $$
+language sql stable rows 50 set jit = off as $$
     with recursive down (location_id, depth) as (
         select id, 0 from locations where id = root
         union all
@@ -88,18 +96,32 @@ create table book_lines (
 create index book_lines_current on book_lines (gtin, location_id, as_of desc, import_id desc);
 create index book_lines_location on book_lines (location_id);
 
+-- The current book at root and everything inside it (everywhere when root is null).
+create function book_current(root text default null)
+returns table (gtin text, location_id text, quantity integer, as_of timestamptz, import_id bigint, source text)
+language sql stable rows 1000 set jit = off as $$
+    with scope as materialized (
+        select s.location_id from location_subtree(root) s where root is not null
+    ),
+    superseded as materialized (
+        select f.id, f.as_of, a.location_id
+        from book_imports f join location_ancestry a on a.ancestor_id = f.complete_for
+        where f.complete_for is not null
+    )
+    select distinct on (b.gtin, b.location_id)
+        b.gtin, b.location_id, b.quantity, b.as_of, b.import_id, i.source
+    from book_lines b
+    join book_imports i on i.id = b.import_id
+    where (root is null or b.location_id in (select s.location_id from scope s))
+      and not exists (
+          select 1 from superseded s
+          where s.location_id = b.location_id and (s.as_of, s.id) > (b.as_of, b.import_id)
+      )
+    order by b.gtin, b.location_id, b.as_of desc, b.import_id desc
+$$;
+
 create view inventory_book as
-select distinct on (b.gtin, b.location_id)
-    b.gtin, b.location_id, b.quantity, b.as_of, b.import_id, i.source
-from book_lines b
-join book_imports i on i.id = b.import_id
-where not exists (
-    select 1
-    from book_imports f
-    join location_ancestry a on a.ancestor_id = f.complete_for and a.location_id = b.location_id
-    where f.complete_for is not null and (f.as_of, f.id) > (b.as_of, b.import_id)
-)
-order by b.gtin, b.location_id, b.as_of desc, b.import_id desc;
+select gtin, location_id, quantity, as_of, import_id, source from book_current(null);
 
 -- ----------------------------------------------------------------------------------------------------
 -- Observed and book quantities per GTIN at every location, each location counting what is inside it (a zone
@@ -184,8 +206,8 @@ group by location_id, site_id;
 -- item_state_location index instead of rolling up every location as the views do.
 create function location_inventory(root text)
 returns table (gtin text, observed_units bigint, book_units bigint, book_as_of timestamptz)
-language sql stable as $$
-    with subtree as (select location_id from location_subtree(root)),
+language sql stable set jit = off as $$
+    with subtree as materialized (select location_id from location_subtree(root)),
     observed as (
         select i.gtin, count(*)::bigint as units
         from item_state s join items i on i.epc = s.epc
@@ -195,8 +217,7 @@ language sql stable as $$
     ),
     book as (
         select b.gtin, sum(b.quantity)::bigint as units, max(b.as_of) as as_of
-        from inventory_book b
-        where b.location_id in (select location_id from subtree)
+        from book_current(root) b
         group by b.gtin
     )
     select coalesce(o.gtin, b.gtin), coalesce(o.units, 0), coalesce(b.units, 0), b.as_of

@@ -22,16 +22,18 @@ join nearest n on n.location_id = s.location_id and n.depth = s.depth;
 -- Each location's allowed band, its own or inherited from the nearest ancestor that sets one (per quantity).
 create view location_ranges as
 select
-    l.id as location_id,
-    (select p.temperature_min_c from location_ancestry a join locations p on p.id = a.ancestor_id
-      where a.location_id = l.id and p.temperature_min_c is not null order by a.depth limit 1) as temperature_min_c,
-    (select p.temperature_max_c from location_ancestry a join locations p on p.id = a.ancestor_id
-      where a.location_id = l.id and p.temperature_max_c is not null order by a.depth limit 1) as temperature_max_c,
-    (select p.humidity_min_pct from location_ancestry a join locations p on p.id = a.ancestor_id
-      where a.location_id = l.id and p.humidity_min_pct is not null order by a.depth limit 1) as humidity_min_pct,
-    (select p.humidity_max_pct from location_ancestry a join locations p on p.id = a.ancestor_id
-      where a.location_id = l.id and p.humidity_max_pct is not null order by a.depth limit 1) as humidity_max_pct
-from locations l;
+    a.location_id,
+    (array_agg(p.temperature_min_c order by a.depth) filter (where p.temperature_min_c is not null))[1]
+        as temperature_min_c,
+    (array_agg(p.temperature_max_c order by a.depth) filter (where p.temperature_max_c is not null))[1]
+        as temperature_max_c,
+    (array_agg(p.humidity_min_pct order by a.depth) filter (where p.humidity_min_pct is not null))[1]
+        as humidity_min_pct,
+    (array_agg(p.humidity_max_pct order by a.depth) filter (where p.humidity_max_pct is not null))[1]
+        as humidity_max_pct
+from location_ancestry a
+join locations p on p.id = a.ancestor_id
+group by a.location_id;
 
 -- Every temperature and humidity sample that speaks for a location, with the location's band and where the
 -- value falls in it. Dashboards filter on location_id and observed_at (the time filter reaches telemetry's

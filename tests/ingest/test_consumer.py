@@ -32,16 +32,19 @@ def test_reads_telemetry_and_status_land_in_their_tables(dsn, db, mqtt_address, 
     asyncio.run(scenario())
     assert db.execute("select count(*) from rfid_reads").fetchone() == (51,)
     assert db.execute("select epc, antenna, rssi_dbm, read_at from rfid_reads where antenna = 2").fetchone() == (
-        "3034257BF7194E4000001A85", 2, -61.5, datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+        "3034257BF7194E4000001A85",
+        2,
+        -61.5,
+        datetime(2026, 3, 1, 9, 0, tzinfo=UTC),
     )
     assert db.execute("select quantity, value, latitude from telemetry order by quantity").fetchall() == [
         ("position", None, 52.5),
         ("temperature_c", 4.5, None),
     ]
     assert db.execute("select online, reason from device_events").fetchone() == (False, "last-will")
-    assert db.execute("select messages, last_topic from device_activity where device_id = %s", (device,)).fetchone() == (
-        4, f"stocktrace/{device}/status"
-    )
+    assert db.execute(
+        "select messages, last_topic from device_activity where device_id = %s", (device,)
+    ).fetchone() == (4, f"stocktrace/{device}/status")
     assert db.execute("select count(*) from dead_letters").fetchone() == (0,)
 
 

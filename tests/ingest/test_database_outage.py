@@ -53,7 +53,9 @@ class PrivateServer:
         self.start()
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c shared_preload_libraries=timescaledb"
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c shared_preload_libraries=timescaledb"
+        )
         self._pg(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-o", options, "-w", "-l",
                  str(self.folder / "log"), "start")  # fmt: skip
 

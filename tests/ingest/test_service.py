@@ -53,8 +53,8 @@ class Service:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
+                # Ready means the database and broker answer and every worker is subscribed.
                 if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
-                    time.sleep(1.0)  # the workers subscribe right after the API is up
                     return
             except httpx.HTTPError:
                 pass
@@ -83,18 +83,37 @@ def service(dsn, mqtt_address, topic_prefix) -> Iterator[Service]:
         svc.stop()
 
 
-def _publish_in_background(mqtt_address: tuple[str, int], topic: str) -> threading.Thread:
+class Publishing(threading.Thread):
+    """Publishes COUNT messages in blocks; `published` says how many the broker acknowledged."""
+
+    def __init__(self, mqtt_address: tuple[str, int], payloads: list[tuple[str, bytes]]) -> None:
+        super().__init__(daemon=True)
+        self.mqtt_address = mqtt_address
+        self.payloads = payloads
+        self.published = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            client = publisher(self.mqtt_address)
+            for start in range(0, COUNT, 1000):
+                self.published += publish_all(client, self.payloads[start : start + 1000])
+                time.sleep(0.05)  # a steady stream, so that the faults land mid-stream
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self.join(120)
+        assert self.error is None, f"publishing failed: {self.error!r}"
+        assert self.published == COUNT
+
+
+def _publish_in_background(mqtt_address: tuple[str, int], topic: str) -> Publishing:
     # Recent times: the service drops raw chunks older than its retention when it starts.
     now = time.time()
     payloads = [(topic, json.dumps({"epc": f"AA{i:010X}", "at": now + i / 1000}).encode()) for i in range(COUNT)]
 
-    def publish() -> None:
-        client = publisher(mqtt_address)
-        for start in range(0, COUNT, 1000):
-            publish_all(client, payloads[start : start + 1000])
-            time.sleep(0.05)  # a steady stream, so that the faults land mid-stream
-
-    thread = threading.Thread(target=publish, daemon=True)
+    thread = Publishing(mqtt_address, payloads)
     thread.start()
     return thread
 
@@ -110,7 +129,7 @@ def test_killing_a_worker_mid_stream_loses_and_duplicates_nothing(service, dsn, 
     victims = service.worker_pids()
     assert len(victims) == 2
     os.kill(victims[0], signal.SIGKILL)  # the supervisor restarts it; its session resumes
-    publishing.join(120)
+    publishing.finish()
     assert asyncio.run(wait_for_count(dsn, "select count(*) from rfid_reads", COUNT, timeout_s=90)) == COUNT
     service.stop()
     _assert_exactly_once(db)
@@ -131,7 +150,7 @@ def test_killing_the_whole_service_and_starting_it_again_loses_nothing(
         os.kill(pid, signal.SIGKILL)
     time.sleep(1)
     service.start()
-    publishing.join(120)
+    publishing.finish()
     assert asyncio.run(wait_for_count(dsn, "select count(*) from rfid_reads", COUNT, timeout_s=90)) == COUNT
     service.stop()
     _assert_exactly_once(db)
@@ -146,7 +165,7 @@ def test_a_graceful_stop_commits_and_acknowledges_what_it_holds(service, dsn, db
     assert service.process.returncode == 0
     assert service.worker_pids() == []
     service.start()
-    publishing.join(120)
+    publishing.finish()
     assert asyncio.run(wait_for_count(dsn, "select count(*) from rfid_reads", COUNT, timeout_s=90)) == COUNT
     service.stop()
     _assert_exactly_once(db)

@@ -92,9 +92,27 @@ def test_newer_reads_pull_the_smoothed_rssi_by_their_number(dsn: str, site: Db) 
 
 
 def test_a_tag_unread_for_longer_than_the_visit_gap_starts_a_new_visit(dsn: str, site: Db) -> None:
-    write(dsn, rows([read(0, "r700", 1, rssi=-50), read(2, "r700", 1, rssi=-50)]), rows([read(100, "r700", 1)]))
+    write(
+        dsn,
+        rows([read(0, "r700", 1, rssi=-50), read(2, "r700", 1, rssi=-50)]),
+        rows([read(100, "r700", 1, rssi=-50)]),  # a shelf reader reporting seldom: the same visit
+        rows([read(500, "r700", 1)]),
+    )
 
-    assert sighting(site, "shelf-1") == (at(100), at(100), 1, -60.0, "r700", 1, None)
+    assert sighting(site, "shelf-1") == (at(500), at(500), 1, -60.0, "r700", 1, None)
+
+
+def test_a_portal_pass_ends_after_the_short_gap(dsn: str, site: Db) -> None:
+    write(
+        dsn,
+        rows([read(0, "fx-dock", 2), read(1, "fx-dock", 1)]),  # in, then out
+        rows([read(30, "fx-dock", 1), read(31, "fx-dock", 2)]),  # back through: out, then in
+    )
+
+    assert site.execute(
+        "select in_first_at, in_last_at, out_first_at, out_last_at from portal_passes where epc = %s", (ITEM,)
+    ).fetchone() == (at(31), at(31), at(30), at(30))
+    assert sighting(site, "dock-1") == (at(30), at(31), 2, -60.0, "fx-dock", 2, "in")
 
 
 def test_reads_of_unmapped_or_parked_readers_are_counted_not_placed(dsn: str, site: Db) -> None:
@@ -115,7 +133,8 @@ def test_a_redelivered_batch_changes_nothing_but_the_read_counter(dsn: str, site
     write(dsn, batch, step=step)
 
     again = sighting(site, "shelf-1")
-    assert once is not None and again is not None
+    assert once is not None
+    assert again is not None
     assert again[:2] + again[3:] == once[:2] + once[3:]
     assert (once[2], again[2]) == (2, 4)  # documented: a redelivered batch's reads count again
 
@@ -132,7 +151,9 @@ def test_a_registry_change_is_picked_up_after_the_refresh(dsn: str, site: Db) ->
     assert site.execute("select location_id, reads from tag_sightings").fetchall() == [("receiving", 1)]
 
 
-def test_sightings_follow_reads_through_the_broker(dsn: str, site: Db, mqtt_address, topic_prefix) -> None:
+def test_sightings_follow_reads_through_the_broker(
+    dsn: str, site: Db, mqtt_address: tuple[str, int], topic_prefix: str
+) -> None:
     device = f"{topic_prefix}-gate"
     site.execute(
         "insert into devices (id, kind, source, location_id) values (%s, 'rfid_reader', 'native', 'receiving')",

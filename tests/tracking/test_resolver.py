@@ -1,0 +1,246 @@
+"""The resolver against the real database: reads go in through the ingest Writer, item_state and events come out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from ingest.batch import Row, Rows
+from ingest.writer import Writer
+from tests.tracking.presence_site import (
+    HAMBURG,
+    ITEM,
+    ON_THE_ROAD,
+    OTHER,
+    PALLET,
+    at,
+    build_site,
+    heartbeat,
+    position,
+    read,
+    rows,
+    sgtin,
+)
+from tracking import containers
+from tracking.resolver import Resolver, TickReport, run
+from tracking.sightings import Sightings
+
+Db = psycopg.Connection[tuple[Any, ...]]
+
+
+class Line:
+    """A line of ingest and one resolver, ticked by hand."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.step = Sightings(refresh_s=0)
+        self.resolver = Resolver()
+
+    def write(self, *batches: Rows) -> None:
+        async def go() -> None:
+            writer = Writer(self.dsn, steps=[self.step])
+            try:
+                for batch in batches:
+                    await writer.write(batch)
+            finally:
+                await writer.close()
+
+        asyncio.run(go())
+
+    def tick(self) -> TickReport:
+        async def go() -> TickReport:
+            async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                return await self.resolver.tick(conn)
+
+        return asyncio.run(go())
+
+    def feed(self, *batches: Rows) -> TickReport:
+        self.write(*batches)
+        return self.tick()
+
+
+@pytest.fixture
+def line(dsn: str, db: Db) -> Line:
+    build_site(db)
+    return Line(dsn)
+
+
+def state(db: Db, epc: str = ITEM) -> tuple[Any, ...] | None:
+    return db.execute(
+        "select location_id, status, since, site_id, container_epc from item_state where epc = %s", (epc,)
+    ).fetchone()
+
+
+def events(db: Db, epc: str = ITEM) -> list[tuple[Any, ...]]:
+    return db.execute(
+        "select at, kind, from_location, to_location, direction from location_events where epc = %s"
+        " order by at, recorded_at, kind desc",
+        (epc,),
+    ).fetchall()
+
+
+def shelf_reads(start: float, end: float, antenna: int = 1, epc: str = ITEM, rssi: float = -60.0) -> list[Row]:
+    return [read(s, "r700", antenna, epc, rssi) for s in range(int(start), int(end) + 1, 2)]
+
+
+def test_an_item_arrives_stays_while_its_reader_is_silent_and_departs_on_the_reader_clock(line: Line, db: Db) -> None:
+    line.feed(rows(shelf_reads(0, 10)))
+    assert state(db) == ("shelf-1", "present", at(0), "berlin", None)
+
+    # Nothing more from the reader: its clock stands still, and the item stays.
+    line.tick()
+    assert state(db) == ("shelf-1", "present", at(0), "berlin", None)
+
+    # The reader reads another tag on its other shelf 100 s later: the item has not been seen for its age-out.
+    line.feed(rows(shelf_reads(60, 100, antenna=2, epc=OTHER)))
+    assert state(db) == (None, "departed", at(10), "berlin", None)
+    assert events(db) == [(at(0), "arrived", None, "shelf-1", None), (at(10), "departed", "shelf-1", None, None)]
+
+
+def test_through_the_dock_door_into_receiving_with_its_direction(line: Line, db: Db) -> None:
+    line.feed(rows([read(s / 2, "fx-dock", 1, rssi=-45) for s in range(0, 8)]))
+    line.feed(rows([read(4 + s / 2, "fx-dock", 2, rssi=-45) for s in range(0, 8)]))
+    assert state(db) == ("dock-1", "present", at(0), "berlin", None)
+
+    # Received: read in the receiving zone; the dock reader's heartbeat moves its clock past the age-out.
+    line.feed(rows([read(s, "gw-recv", 1, rssi=-65) for s in range(10, 40, 3)], events=[heartbeat(60, "fx-dock")]))
+
+    assert state(db) == ("receiving", "present", at(10), "berlin", None)
+    assert events(db) == [
+        (at(0), "arrived", None, "dock-1", None),
+        (at(10), "moved", "dock-1", "receiving", "in"),
+    ]
+
+
+def test_a_late_batch_from_the_previous_shelf_does_not_move_the_item_back(line: Line, db: Db) -> None:
+    line.feed(rows(shelf_reads(0, 10, rssi=-60)))
+    line.feed(rows([*shelf_reads(100, 110, antenna=2, rssi=-50), read(110, "r700", 1, OTHER)]))
+    assert state(db) == ("shelf-2", "present", at(100), "berlin", None)
+
+    # A batch from shelf-1, delayed in delivery, read before the move and strong.
+    report = line.feed(rows(shelf_reads(80, 98, rssi=-40)))
+
+    assert report.events == 0
+    assert state(db) == ("shelf-2", "present", at(100), "berlin", None)
+    assert [e[1:4] for e in events(db)] == [("arrived", None, "shelf-1"), ("moved", "shelf-1", "shelf-2")]
+
+
+def test_the_watermark_survives_a_restart_and_nothing_is_resolved_twice(line: Line, db: Db) -> None:
+    line.feed(rows(shelf_reads(0, 10)))
+    mark = db.execute("select at from tracking_watermarks where name = 'sightings'").fetchone()
+    assert mark is not None
+
+    line.resolver = Resolver()  # a new process
+    assert line.tick().items == 0
+    line.write(rows(shelf_reads(12, 14, epc=OTHER)))
+    assert line.tick().items == 1
+
+
+def test_an_item_inside_a_pallet_follows_it_when_it_is_not_read_itself(line: Line, db: Db) -> None:
+    line.feed(rows(shelf_reads(0, 10) + shelf_reads(0, 10, epc=PALLET)))
+
+    async def pack() -> None:
+        async with await psycopg.AsyncConnection.connect(line.dsn) as conn:
+            await containers.associate(conn, PALLET, [ITEM], at(11), "api")
+
+    asyncio.run(pack())
+    line.tick()
+    assert state(db) == ("shelf-1", "present", at(0), "berlin", PALLET)
+
+    # The pallet goes through the dock door; the item inside it is shielded and not read.
+    line.feed(rows([read(50 + s, "fx-dock", 2, PALLET) for s in range(5)] + shelf_reads(50, 90, 2, OTHER)))
+
+    assert state(db, PALLET)[:2] == ("dock-1", "present")  # type: ignore[index]  # present by then
+    assert state(db) == ("dock-1", "present", at(50), "berlin", PALLET)
+    assert events(db)[-1] == (at(50), "moved", "shelf-1", "dock-1", None)
+
+
+def test_items_that_move_in_step_with_a_pallet_twice_are_inferred_to_be_on_it(line: Line, db: Db) -> None:
+    together = [ITEM, sgtin(7)]
+    batch = [read(s / 2, "fx-dock", 2, epc) for s in range(6) for epc in [PALLET, *together, OTHER]]
+    line.feed(rows(batch))
+    # The pallet and two items go on to receiving; OTHER stays behind at the door and leaves later.
+    later = [read(s, "gw-recv", 1, epc) for s in range(10, 20, 2) for epc in [PALLET, *together]]
+    line.feed(rows(later, events=[heartbeat(30, "fx-dock")]))
+
+    contents = db.execute("select item_epc, container_epc, source from container_contents order by 1").fetchall()
+    assert contents == [(epc, PALLET, "inferred") for epc in sorted(together)]
+    assert state(db)[4] == PALLET  # type: ignore[index]  # the item has a state
+
+
+def test_loaded_at_the_dock_then_in_transit_with_the_truck_and_arrived_at_the_other_site(line: Line, db: Db) -> None:
+    truck_at_berlin = position(0, (52.3907, 13.5126))
+    line.feed(rows([read(s, "gw-recv", 1) for s in range(0, 30, 3)], telemetry=[truck_at_berlin]))
+    # Out through the door: the inner antenna first, then the outer one.
+    line.feed(
+        rows([read(100 + s / 2, "fx-dock", 2) for s in range(6)] + [read(104 + s / 2, "fx-dock", 1) for s in range(6)])
+    )
+    line.feed(rows(events=[heartbeat(160, "fx-dock"), heartbeat(160, "gw-recv")]))
+    assert state(db)[:2] == (None, "departed")  # type: ignore[index]  # has a state
+
+    line.feed(rows(telemetry=[position(400, ON_THE_ROAD)]))
+
+    assert db.execute(
+        "select location_id, status, site_id, latitude, longitude from item_state where epc = %s", (ITEM,)
+    ).fetchone() == ("truck-1", "in_transit", None, *ON_THE_ROAD)
+    line.feed(rows(telemetry=[position(9000, HAMBURG)]))
+    assert state(db)[:4] == ("truck-1", "present", at(106.5), "hamburg")  # type: ignore[index]  # has a state
+
+    line.feed(rows([read(9100 + s, "fx-hh", 1) for s in range(3)] + [read(9103 + s, "fx-hh", 2) for s in range(3)]))
+    assert state(db)[:2] == ("hh-dock", "present")  # type: ignore[index]  # has a state
+    assert [e[1:] for e in events(db)] == [
+        ("arrived", None, "receiving", None),
+        ("moved", "receiving", "dock-1", "out"),
+        ("departed", "dock-1", None, "out"),
+        ("arrived", "dock-1", "truck-1", None),
+        ("departed", "berlin", "truck-1", None),
+        ("arrived", "truck-1", "hamburg", None),
+        ("moved", "truck-1", "hh-dock", "in"),
+    ]
+
+
+def test_with_two_resolvers_one_leads_and_the_other_takes_over_when_it_stops(dsn: str, db: Db) -> None:
+    ticks: dict[str, int] = {"a": 0, "b": 0}
+
+    def counter(name: str) -> Any:
+        def count(_: TickReport) -> None:
+            ticks[name] += 1
+
+        return count
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int]]:
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(run(dsn, stop_a, 0.05, on_tick=counter("a")))
+        await asyncio.sleep(0.3)
+        b = asyncio.create_task(run(dsn, stop_b, 0.05, on_tick=counter("b")))
+        await asyncio.sleep(0.5)
+        both_running = dict(ticks)
+        stop_a.set()
+        await a
+        await asyncio.sleep(0.5)
+        stop_b.set()
+        await b
+        return both_running, dict(ticks)
+
+    while_both, after = asyncio.run(scenario())
+    assert while_both["a"] > 0
+    assert while_both["b"] == 0
+    assert after["b"] > 0
+
+
+def test_the_leader_lock_is_a_session_lock_another_connection_cannot_take(dsn: str, db: Db) -> None:
+    async def scenario() -> bool:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(dsn, stop, 0.05))
+        await asyncio.sleep(0.3)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
+            cursor = await other.execute("select pg_try_advisory_lock(%s)", (0x5E0C_7ACE_0200,))
+            row = await cursor.fetchone()
+        stop.set()
+        await task
+        return bool(row and row[0])
+
+    assert asyncio.run(scenario()) is False
