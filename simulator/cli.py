@@ -107,6 +107,8 @@ def _run_in_thread(target: Any) -> Any:
         worker.join()
     if "error" in outcome:
         raise outcome["error"]
+    if "result" not in outcome:  # interrupted before the run could hand anything back
+        raise click.Abort
     return outcome["result"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 import click
 import psycopg
@@ -14,6 +15,7 @@ from ingest.consumer import BatchPolicy
 from simulator import cli as simulator_cli
 from stocktrace import bench_ingest as bench_ingest_module
 from stocktrace import db, service
+from stocktrace import demo as demo_module
 from stocktrace.settings import Settings, SettingsError, load_settings
 from tracking import eventlog_cli
 
@@ -92,6 +94,34 @@ def run(workers: int) -> None:
         f"http://{settings.api_host}:{settings.api_port} (docs at /docs)"
     )
     asyncio.run(service.serve(settings, workers))
+
+
+@main.command()
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Scenario file (default: the simulator's warehouse and cold chain).",
+)
+@click.option("--workers", "-w", default=1, show_default=True, type=click.IntRange(1, 64), help="Ingest workers.")
+def demo(scenario_path: Path | None, workers: int) -> None:
+    """Run the service with a simulated warehouse publishing to it, and show live counts.
+
+    \b
+    Registers the scenario's sites, locations and devices, routes its vendor formats, starts the service and
+    the simulated devices in real time, and prints a line of counts every two seconds. Ctrl-C stops.
+    Example:
+      make demo            (installs and starts everything first)
+      stocktrace demo
+    """
+    _settings()
+    try:
+        asyncio.run(demo_module.run_demo(scenario_path, workers, click.echo))
+    except (RuntimeError, psycopg.Error, demo_module.ScenarioError) as exc:
+        raise click.ClickException(
+            f"{exc}\nIs the database migrated (`stocktrace migrate`) and the broker up?"
+        ) from None
 
 
 @main.group()
