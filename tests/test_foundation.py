@@ -127,3 +127,13 @@ def test_a_bad_setting_is_reported_without_a_traceback(monkeypatch) -> None:
     assert result.exit_code == 1
     assert "STOCKTRACE_DATABASE_URL: must start with postgresql://" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from stocktrace.settings import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`STOCKTRACE_{name.upper()}`" not in readme]
+    assert missing == [], f"settings missing from the README's configuration table: {missing}"
