@@ -32,14 +32,16 @@ def _free_port() -> int:
 class Service:
     """A `stocktrace run` process with settings of its own."""
 
-    def __init__(self, dsn: str, mqtt_address: tuple[str, int], prefix: str, workers: int) -> None:
+    def __init__(
+        self, dsn: str, mqtt_address: tuple[str, int], prefix: str, workers: int, client_id: str | None = None
+    ) -> None:
         self.port = _free_port()
         self.workers = workers
         self.env = {
             **os.environ,
             "STOCKTRACE_DATABASE_URL": dsn,
             "STOCKTRACE_MQTT_URL": f"mqtt://{mqtt_address[0]}:{mqtt_address[1]}",
-            "STOCKTRACE_MQTT_CLIENT_ID": prefix,
+            "STOCKTRACE_MQTT_CLIENT_ID": client_id or prefix,
             "STOCKTRACE_MQTT_SHARE_GROUP": prefix,
             "STOCKTRACE_MQTT_TOPICS": f"stocktrace/{prefix}-dev/reads",
             "STOCKTRACE_API_PORT": str(self.port),
@@ -168,4 +170,30 @@ def test_a_graceful_stop_commits_and_acknowledges_what_it_holds(service, dsn, db
     publishing.finish()
     assert asyncio.run(wait_for_count(dsn, "select count(*) from rfid_reads", COUNT, timeout_s=90)) == COUNT
     service.stop()
+    _assert_exactly_once(db)
+
+
+def test_three_processes_share_the_stream_and_one_killed_loses_nothing(dsn, db, mqtt_address, topic_prefix) -> None:
+    """The scale-out shape: several `stocktrace run` processes (on one host here, on several in production) in
+    one shared-subscription group, against one broker and one database."""
+    services = [
+        Service(dsn, mqtt_address, topic_prefix, workers=1, client_id=f"{topic_prefix}-host{n}") for n in range(3)
+    ]
+    try:
+        for svc in services:
+            svc.start()
+        publishing = _publish_in_background(mqtt_address, f"stocktrace/{topic_prefix}-dev/reads")
+        asyncio.run(wait_for_count(dsn, "select count(*) from rfid_reads", COUNT // 3))
+        victim = services[1]
+        pids = victim.worker_pids()
+        victim.stop(signal.SIGKILL)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        victim.start()  # the host comes back; its session (and what it held) resumes
+        publishing.finish()
+        assert asyncio.run(wait_for_count(dsn, "select count(*) from rfid_reads", COUNT, timeout_s=90)) == COUNT
+    finally:
+        for svc in services:
+            if svc.process is not None and svc.process.poll() is None:
+                svc.stop()
     _assert_exactly_once(db)
