@@ -1,31 +1,60 @@
-"""The HTTP API: each stage's router under /api/v1, plus health and Prometheus metrics."""
+"""The HTTP API: each stage's router under /api/v1, plus health and Prometheus metrics.
+
+The glue around the routers: API keys and roles (auth.py), the actor of each change for the audit triggers
+(audit.py), errors as problem details and a body size limit (problems.py), request ids and access logs
+(logs.py), and the OpenAPI document that describes all of it (openapi.py).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Final
 
 import psycopg
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from devices.api import router as devices_router
 from ingest.api import router as ingest_router
 from ingest.wire import Connection, MqttError
-from stocktrace import db
+from stocktrace import audit, auth, openapi, problems
+from stocktrace.logs import RequestLog
 from stocktrace.settings import Settings, broker_options
+from tracking.api import router as presence_router
 from tracking.epcis_api import router as epcis_router
 from tracking.inventory_api import router as inventory_router
+
+log = logging.getLogger(__name__)
+
+# Every stage's endpoints, mounted under /api/v1; the glue's own (audit, keys) come last.
+ROUTERS: Final[tuple[APIRouter, ...]] = (
+    devices_router,
+    ingest_router,
+    presence_router,
+    inventory_router,
+    epcis_router,
+    audit.router,
+    auth.router,
+)
+DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 
 
 def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
     """The API; with ``workers``, readiness also waits for that many ingest workers to be subscribed."""
 
+    auth_enabled = bool(getattr(settings, "api_auth", True))
+    max_body_bytes = int(getattr(settings, "api_max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = db.create_pool(settings.database_url)
+        if not auth_enabled:
+            log.warning("API authentication is OFF (STOCKTRACE_API_AUTH=false): anyone reaching the API is admin")
+        # Names each request's API key on its connections, for the audit triggers (stocktrace/audit.py).
+        pool = audit.create_pool(settings.database_url)
         await pool.open(wait=False)
         app.state.pool = pool
         app.state.settings = settings
@@ -37,11 +66,27 @@ def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
     app = FastAPI(
         title="stocktrace",
         summary="Where every tagged item is, what condition it is in, and what needs attention now.",
+        description=openapi.describe(max_body_bytes),
         version="0.1.0",
         lifespan=lifespan,
     )
-    for router in (devices_router, ingest_router, inventory_router, epcis_router):
-        app.include_router(router, prefix="/api/v1")
+    for router in ROUTERS:
+        app.include_router(router, prefix=auth.API_PREFIX, dependencies=[Depends(auth.authorize)])
+    _add_operations(app, settings, workers)
+    problems.install(app)
+    # Added innermost first: a request meets RequestLog, ErrorBoundary, Authentication, BodyLimit, the routes.
+    app.add_middleware(problems.BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(
+        auth.Authentication, enabled=auth_enabled, metrics_open=not getattr(settings, "metrics_auth", False)
+    )
+    app.add_middleware(problems.ErrorBoundary)
+    app.add_middleware(RequestLog)
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]  # FastAPI's documented override
+    return app
+
+
+def _add_operations(app: FastAPI, settings: Settings, workers: int | None) -> None:
+    """/healthz, /readyz and /metrics."""
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -58,8 +103,6 @@ def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics of every stage and worker")
     async def metrics() -> Response:
         return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 def _registry() -> CollectorRegistry:

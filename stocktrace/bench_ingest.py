@@ -39,8 +39,9 @@ from paho.mqtt.properties import Properties
 from ingest.consumer import BatchPolicy, Committed, Consumer, shared
 from ingest.routes import Router
 from ingest.wire import BrokerOptions
-from ingest.writer import Step, Writer
+from ingest.writer import Writer
 from stocktrace import db
+from stocktrace.service import writer_steps
 
 _READS_PER_BATCHED_MESSAGE: Final = 50
 _PHASE_TIMEOUT_S: Final = 300.0
@@ -59,7 +60,8 @@ class BenchConfig:
     batched_messages: int = 10_000
     batch: BatchPolicy = field(default_factory=BatchPolicy)
     workers: int = 1
-    steps: tuple[Step, ...] = ()
+    tracking: bool = True
+    tags: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +79,25 @@ class BenchResult:
     batch_max_messages: int
     batch_max_wait_ms: float
     workers: int
+    tracking: bool
+    tags: int
 
 
-def _lines(device: str, count: int, reads: int = 1, at: Callable[[int], float] | None = None) -> Iterator[bytes]:
-    """Native-format read messages, one per line; EPCs are unique across the whole run."""
-    stamp = at or (lambda i: 1_700_000_000.0 + i / 1e6)
+def _lines(device: str, count: int, tags: int, reads: int = 1) -> Iterator[bytes]:
+    """Native-format read messages, one per line. The reads cycle through a population of ``tags`` tags, as a
+    reader's antennas see the same tags again and again (0 means every read is of a new tag: the worst case for
+    tracking, which keeps one row per tag and location)."""
     tag = uuid.uuid4().int & 0xFFFF_FFFF
     for i in range(count):
+        at = 1_700_000_000.0 + i / 1e6
         if reads == 1:
-            body = {"epc": f"30{tag:08X}{i:014X}", "antenna": 1, "rssi_dbm": -55.5, "at": stamp(i)}
+            n = i % tags if tags else i
+            body: dict[str, object] = {"epc": f"30{tag:08X}{n:014X}", "antenna": 1, "rssi_dbm": -55.5, "at": at}
         else:
+            numbers = [((i * reads + r) % tags if tags else i * reads + r) for r in range(reads)]
             body = {
-                "at": stamp(i),
-                "reads": [{"epc": f"31{tag:08X}{i:09X}{r:05X}", "antenna": 1, "rssi_dbm": -60.0} for r in range(reads)],
+                "at": at,
+                "reads": [{"epc": f"31{tag:08X}{n:014X}", "antenna": 1, "rssi_dbm": -60.0} for n in numbers],
             }
         yield msgspec.json.encode(body) + b"\n"
 
@@ -168,7 +176,7 @@ def _chunked(lines: Iterator[bytes], size: int = 2000) -> Iterator[bytes]:
         yield b"".join(buffer)
 
 
-def _paced(device: str, rate: float, seconds: float) -> Iterator[bytes]:
+def _paced(device: str, rate: float, seconds: float, tags: int) -> Iterator[bytes]:
     """Lines at ``rate`` per second for ``seconds``, each stamped with the time it is handed to the publisher."""
     started = time.time()
     sent = 0
@@ -181,7 +189,10 @@ def _paced(device: str, rate: float, seconds: float) -> Iterator[bytes]:
             continue
         now = time.time()
         yield b"".join(
-            msgspec.json.encode({"epc": f"32{tag:08X}{i:014X}", "antenna": 1, "rssi_dbm": -55.5, "at": now}) + b"\n"
+            msgspec.json.encode(
+                {"epc": f"32{tag:08X}{(i % tags if tags else i):014X}", "antenna": 1, "rssi_dbm": -55.5, "at": now}
+            )
+            + b"\n"
             for i in range(sent, due)
         )
         sent = due
@@ -224,7 +235,7 @@ def _consume(
             BrokerOptions(config.mqtt_host, config.mqtt_port, client_id, clean_start=True, session_expiry_s=300),
             topics,
             Router([]),
-            Writer(config.database_url, config.steps),
+            Writer(config.database_url, writer_steps() if config.tracking else ()),
             config.batch,
             on_commit=on_commit,
         )
@@ -246,6 +257,7 @@ async def _through_stocktrace(
     """Publish through the C publishers into the real consumer in worker processes of its own (as the
     service runs it); seconds from the first byte published to the last commit."""
     topics = [f"stocktrace/bench-{run}-{p}/reads" for p in range(config.publishers)]
+    _register_readers(config.database_url, topics)
     context = multiprocessing.get_context("spawn")
     commits: multiprocessing.Queue[tuple[int, int, np.ndarray | None]] = context.Queue()
     stop = context.Event()
@@ -307,7 +319,7 @@ def _naive(config: BenchConfig, run: str) -> float:
     time.sleep(0.3)
     publishers = Publishers(config, [topic])
     started = time.perf_counter()
-    publishers.feed([_chunked(_lines("naive", count))])
+    publishers.feed([_chunked(_lines("naive", count, 0))])
     received.wait(_PHASE_TIMEOUT_S)
     elapsed = time.perf_counter() - started
     publishers.close()
@@ -335,7 +347,7 @@ def _bare(config: BenchConfig, run: str) -> float:
     per = count // config.publishers
     publishers.feed(
         [
-            _chunked(_lines("bare", per + (count - per * config.publishers if p == 0 else 0)))
+            _chunked(_lines("bare", per + (count - per * config.publishers if p == 0 else 0), config.tags))
             for p in range(config.publishers)
         ]
     )
@@ -350,7 +362,38 @@ def _bare(config: BenchConfig, run: str) -> float:
 
 def _reset(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("truncate rfid_reads, telemetry, device_events, device_activity, antenna_activity, dead_letters")
+        tables = conn.execute(
+            "select string_agg(quote_ident(tablename), ', ') from pg_tables where schemaname = 'public'"
+            " and tablename <> 'schema_migrations'"
+        ).fetchone()
+        assert tables is not None
+        conn.execute(f"truncate {tables[0]} restart identity cascade")
+
+
+def _register_readers(database_url: str, topics: list[str]) -> None:
+    """Register the publishers as readers whose antenna 1 covers one zone, so that tracking places their reads."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into locations (id, site_id, kind) values ('bench-site', 'bench-site', 'site')"
+            " on conflict do nothing"
+        )
+        conn.execute(
+            "insert into locations (id, site_id, parent_id, kind)"
+            " values ('bench-zone', 'bench-site', 'bench-site', 'zone')"
+            " on conflict do nothing"
+        )
+        for topic in topics:
+            device = topic.split("/")[1]
+            conn.execute(
+                "insert into devices (id, kind, source, location_id) values (%s, 'rfid_reader', 'native', 'bench-zone')"
+                " on conflict do nothing",
+                (device,),
+            )
+            conn.execute(
+                "insert into antennas (device_id, antenna, location_id) values (%s, 1, 'bench-zone')"
+                " on conflict do nothing",
+                (device,),
+            )
 
 
 def prepare_database(server_url: str, name: str) -> str:
@@ -373,7 +416,9 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
     )
     _reset(config.database_url)
     counter = _Counter(per * config.publishers)
-    elapsed = await _through_stocktrace(config, f"{run}t", lambda p: _chunked(_lines(f"t{p}", per)), counter)
+    elapsed = await _through_stocktrace(
+        config, f"{run}t", lambda p: _chunked(_lines(f"t{p}", per, config.tags)), counter
+    )
     msgs_per_s = counter.messages / elapsed
     progress(f"  {msgs_per_s:,.0f} msg/s")
 
@@ -382,7 +427,11 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
     rate_each = config.rate / config.publishers
     latency = _Counter(int(rate_each * config.latency_seconds) * config.publishers)
     await _through_stocktrace(
-        config, f"{run}l", lambda p: _paced(f"l{p}", rate_each, config.latency_seconds), latency, keep_latency=True
+        config,
+        f"{run}l",
+        lambda p: _paced(f"l{p}", rate_each, config.latency_seconds, config.tags),
+        latency,
+        keep_latency=True,
     )
     latencies_ms = np.concatenate(latency.latencies_s) * 1000
     p50, p99 = (float(v) for v in np.percentile(latencies_ms, [50, 99]))
@@ -393,7 +442,10 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
     per_batched = config.batched_messages // config.publishers
     batched = _Counter(per_batched * config.publishers)
     elapsed = await _through_stocktrace(
-        config, f"{run}b", lambda p: _chunked(_lines(f"b{p}", per_batched, _READS_PER_BATCHED_MESSAGE), 200), batched
+        config,
+        f"{run}b",
+        lambda p: _chunked(_lines(f"b{p}", per_batched, config.tags, _READS_PER_BATCHED_MESSAGE), 200),
+        batched,
     )
     reads_per_s = batched.reads / elapsed
     progress(f"  {reads_per_s:,.0f} reads/s")
@@ -422,6 +474,8 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
         batch_max_messages=config.batch.max_messages,
         batch_max_wait_ms=config.batch.max_wait_s * 1000,
         workers=config.workers,
+        tracking=config.tracking,
+        tags=config.tags,
     )
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import click
 import psycopg
 
+from alerts import cli as alerts_cli
+from alerts import delivery_cli
+from dashboards import cli as dashboards_cli
 from devices import cli as devices_cli
 from ingest.consumer import BatchPolicy
 from simulator import cli as simulator_cli
@@ -17,6 +20,7 @@ from stocktrace import bench_ingest as bench_ingest_module
 from stocktrace import db, service
 from stocktrace import demo as demo_module
 from stocktrace.settings import Settings, SettingsError, load_settings
+from tracking import cli as tracking_cli
 from tracking import eventlog_cli
 
 log = logging.getLogger(__name__)
@@ -139,10 +143,17 @@ def bench() -> None:
 @click.option("--naive-messages", default=10_000, show_default=True, help="Messages for the one-INSERT-each baseline.")
 @click.option("--batched-messages", default=10_000, show_default=True, help="Messages of 50 reads in the batched run.")
 @click.option("--workers", default=1, show_default=True, help="stocktrace worker processes (as `run --workers`).")
+@click.option(
+    "--tags",
+    default=10_000,
+    show_default=True,
+    help="Distinct tags the reads cycle through; 0: every read is of a new tag (tracking's worst case).",
+)
+@click.option("--no-tracking", is_flag=True, help="Measure ingest alone, without tracking's per-batch step.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench_ingest(
     messages: int, publishers: int, rate: int, latency_seconds: float, naive_messages: int, batched_messages: int,
-    workers: int, as_json: bool,
+    workers: int, tags: int, no_tracking: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Ingest throughput and latency through the real broker and database, against baselines.
 
@@ -163,7 +174,7 @@ def bench_ingest(
         url, settings.mqtt_host, settings.mqtt_port, messages, publishers, rate, latency_seconds, naive_messages,
         batched_messages,
         BatchPolicy(settings.batch_max_messages, settings.batch_max_wait_ms / 1000, settings.max_payload_bytes),
-        workers,
+        workers, not no_tracking, tags,
     )  # fmt: skip
 
     def progress(line: str) -> None:
@@ -179,13 +190,16 @@ def bench_ingest(
         f"naive       {result.naive_msgs_per_s:>12,.0f} msg/s   (one INSERT + commit per message)\n"
         f"bare        {result.bare_msgs_per_s:>12,.0f} msg/s   (mosquitto_sub, receive only)\n"
         f"batched     {result.reads_per_s:>12,.0f} reads/s  (50 reads per message)\n"
-        f"latency     p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms at {result.offered_rate:,} msg/s offered"
+        f"latency     p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms at {result.offered_rate:,} msg/s offered\n"
+        f"(tracking {'on' if result.tracking else 'off'}, reads cycling through {result.tags or 'unbounded'} tags,"
+        f" {result.workers} worker process(es))"
     )
 
 
-for _command in [*devices_cli.COMMANDS, *eventlog_cli.COMMANDS, *simulator_cli.COMMANDS]:
+_STAGES = (devices_cli, eventlog_cli, tracking_cli, alerts_cli, delivery_cli, dashboards_cli)
+for _command in [*(c for stage in _STAGES for c in stage.COMMANDS), *simulator_cli.COMMANDS]:
     main.add_command(_command)
-for _command in [*devices_cli.BENCHMARKS, *eventlog_cli.BENCHMARKS]:
+for _command in [c for stage in _STAGES for c in stage.BENCHMARKS]:
     bench.add_command(_command)
 
 

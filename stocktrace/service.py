@@ -23,17 +23,26 @@ from typing import Final
 import uvicorn
 from prometheus_client import multiprocess
 
+from alerts import evaluator
+from alerts.cli import rules_from
 from ingest.consumer import BatchPolicy, Consumer, shared
 from ingest.routes import Router
-from ingest.writer import Writer
+from ingest.writer import Step, Writer
 from stocktrace.app import create_app
 from stocktrace.retention import RetentionPlan, keep_bounded
 from stocktrace.settings import Settings, broker_options, load_settings
+from tracking import resolver
+from tracking.sightings import Sightings
 
 log = logging.getLogger(__name__)
 
 _RESTART_DELAY_S: Final = 1.0
 _SHUTDOWN_GRACE_S: Final = 30.0
+
+
+def writer_steps() -> list[Step]:
+    """What later stages do with each batch inside its transaction: tracking folds reads into sightings."""
+    return [Sightings()]
 
 
 def consumer_for(settings: Settings, index: int) -> Consumer:
@@ -44,7 +53,7 @@ def consumer_for(settings: Settings, index: int) -> Consumer:
         broker_options(settings, f"{settings.mqtt_client_id}-{index}"),
         shared(filters, settings.mqtt_share_group),
         router,
-        Writer(settings.database_url),
+        Writer(settings.database_url, steps=writer_steps()),
         BatchPolicy(settings.batch_max_messages, settings.batch_max_wait_ms / 1000, settings.max_payload_bytes),
     )
 
@@ -151,12 +160,17 @@ async def serve(settings: Settings, workers: int, stop: asyncio.Event | None = N
     )
     plan = RetentionPlan(timedelta(days=settings.retention_days), timedelta(days=settings.compress_after_days))
     api = asyncio.create_task(server.serve())
-    retention = asyncio.create_task(keep_bounded(settings.database_url, plan, stop))
+    background = [
+        asyncio.create_task(keep_bounded(settings.database_url, plan, stop)),
+        # Each of these takes an advisory lock: with several stocktrace processes exactly one does the work.
+        asyncio.create_task(resolver.run(settings.database_url, stop)),
+        asyncio.create_task(evaluator.run(settings.database_url, stop, rules_from(None))),
+    ]
     try:
         await Supervisor(workers).run(stop)
     finally:
         server.should_exit = True
-        await asyncio.gather(api, retention, return_exceptions=True)
+        await asyncio.gather(api, *background, return_exceptions=True)
 
 
 def prepare_metrics_directory() -> None:

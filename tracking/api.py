@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from devices.epc import UNKNOWN, identify
 from tracking import containers
 from tracking.containers import Conn
+from tracking.policy import policy_for
 
 router = APIRouter(tags=["presence"])
 
@@ -279,7 +280,9 @@ async def read_history(
 async def _events(conn: Conn, epc: str, when: str, before: datetime | None, limit: int | None) -> list[Any]:
     cursor = await conn.execute(
         "select at, kind, from_location, to_location, direction, recorded_at from location_events"
-        f" where epc = %(epc)s and {when} order by at desc, recorded_at desc limit %(limit)s",
+        f" where epc = %(epc)s and {when}"
+        # Newest first; of events at the same time, the arrival somewhere comes after the departure from elsewhere.
+        " order by at desc, recorded_at desc, kind = 'departed', kind = 'moved' limit %(limit)s",
         {"epc": epc, "before": before, "limit": limit},
     )
     return await cursor.fetchall()
@@ -396,3 +399,73 @@ def _check_change(key: str, add: list[str], remove: list[str]) -> None:
     both = sorted(set(add) & set(remove))
     if both:
         raise _invalid(["body", "remove"], f"{both[0]} is both added and removed")
+
+
+class PresencePolicyOverride(BaseModel):
+    """A location's own presence settings; null (or absent) keeps the default of its kind (tracking/policy.py)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"age_out_s": 180, "dwell_s": None}]})
+
+    dwell_s: float | None = Field(None, ge=0, le=86_400, description="Seconds seen before it has arrived")
+    age_out_s: float | None = Field(None, gt=0, le=86_400, description="Seconds unseen before it has departed")
+    hysteresis_db: float | None = Field(None, ge=0, le=60, description="dB stronger elsewhere before it moves")
+
+
+class PresencePolicyView(BaseModel):
+    """The presence settings in force at a location, and which of them are its own."""
+
+    location_id: str
+    kind: str
+    dwell_s: float
+    age_out_s: float
+    hysteresis_db: float
+    overrides: PresencePolicyOverride
+
+
+LocationPath = Annotated[str, Path(max_length=256, examples=["berlin-freezer"])]
+
+
+@router.get("/locations/{location_id}/presence-policy", summary="Dwell, age-out and hysteresis at a location")
+async def read_presence_policy(location_id: LocationPath, pool: Pool) -> PresencePolicyView:
+    async with pool.connection() as conn:
+        return await _policy_view(conn, location_id)
+
+
+@router.put("/locations/{location_id}/presence-policy", summary="Override the presence settings of a location")
+async def put_presence_policy(
+    location_id: LocationPath, override: PresencePolicyOverride, pool: Pool
+) -> PresencePolicyView:
+    """The resolver applies them from its next tick. All null removes the overrides."""
+    async with pool.connection() as conn, conn.transaction():
+        if await _scalar(conn, "select 1 from locations where id = %s", (location_id,)) is None:
+            raise _not_found(f"no location {location_id!r} in the registry")
+        if override.dwell_s is None and override.age_out_s is None and override.hysteresis_db is None:
+            await conn.execute("delete from location_presence_policy where location_id = %s", (location_id,))
+        else:
+            await conn.execute(
+                "insert into location_presence_policy (location_id, dwell_s, age_out_s, hysteresis_db)"
+                " values (%(id)s, %(dwell)s, %(age_out)s, %(hysteresis)s) on conflict (location_id) do update"
+                " set dwell_s = excluded.dwell_s, age_out_s = excluded.age_out_s,"
+                " hysteresis_db = excluded.hysteresis_db, updated_at = now()",
+                {"id": location_id, "dwell": override.dwell_s, "age_out": override.age_out_s,
+                 "hysteresis": override.hysteresis_db},
+            )  # fmt: skip
+        return await _policy_view(conn, location_id)
+
+
+async def _policy_view(conn: Conn, location_id: str) -> PresencePolicyView:
+    cursor = await conn.execute(
+        "select l.kind, p.dwell_s, p.age_out_s, p.hysteresis_db from locations l"
+        " left join location_presence_policy p on p.location_id = l.id where l.id = %s",
+        (location_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise _not_found(f"no location {location_id!r} in the registry")
+    kind, dwell_s, age_out_s, hysteresis_db = row
+    policy = policy_for(kind, dwell_s, age_out_s, hysteresis_db)
+    return PresencePolicyView(
+        location_id=location_id, kind=kind, dwell_s=policy.dwell_s, age_out_s=policy.age_out_s,
+        hysteresis_db=policy.hysteresis_db,
+        overrides=PresencePolicyOverride(dwell_s=dwell_s, age_out_s=age_out_s, hysteresis_db=hysteresis_db),
+    )  # fmt: skip

@@ -20,19 +20,12 @@ from typing import Any, Final, Literal, TypeAlias
 import psycopg
 from psycopg.types.json import Jsonb
 
-from devices.epc import identify
+from tracking import identity
 from tracking.policy import TRAVEL_TOGETHER_S
 
 Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 Source: TypeAlias = Literal["api", "epcis", "inferred"]
 
-_ENSURE_ITEMS: Final = """
-insert into items (epc, scheme, gtin, serial, sscc, uri, first_seen_at)
-select * from unnest(%(epcs)s::text[], %(schemes)s::text[], %(gtins)s::text[], %(serials)s::text[],
-                     %(ssccs)s::text[], %(uris)s::text[], %(ats)s::timestamptz[])
-order by 1
-on conflict (epc) do nothing
-"""
 _ASSOCIATE: Final = """
 with previous as (
     select item_epc, container_epc from container_contents where item_epc = any(%(items)s) for update
@@ -104,19 +97,7 @@ class Move:
 
 async def ensure_items(conn: Conn, epcs: Iterable[str], at: datetime) -> None:
     """Create ``items`` rows for EPCs never read yet (an association may name them first)."""
-    identities = [identify(epc) for epc in sorted(set(epcs))]
-    await conn.execute(
-        _ENSURE_ITEMS,
-        {
-            "epcs": [i.raw_hex for i in identities],
-            "schemes": [i.scheme for i in identities],
-            "gtins": [i.gtin for i in identities],
-            "serials": [i.serial for i in identities],
-            "ssccs": [i.sscc for i in identities],
-            "uris": [i.uri for i in identities],
-            "ats": [at] * len(identities),
-        },
-    )
+    await identity.register(conn, dict.fromkeys(epcs, at))
 
 
 async def associate(conn: Conn, container: str, items: Sequence[str], at: datetime, source: Source) -> None:

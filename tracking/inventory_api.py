@@ -109,7 +109,8 @@ async def _run(pool: AsyncConnectionPool[Any], plan: Plan[T]) -> T:
             return await arun(conn, plan)
     except BookRejectedError as exc:
         detail = [{"loc": ["body", r.line], "msg": r.reason, "type": "book_line"} for r in exc.rejected]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail) from exc
+        # An import without lines has no line to blame: its message says so.
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail or exc.message) from exc
     except InventoryError as exc:
         code = _STATUS.get(type(exc), status.HTTP_409_CONFLICT)
         if code == status.HTTP_422_UNPROCESSABLE_CONTENT:

@@ -63,8 +63,9 @@ PORTAL_KINDS: Final = frozenset({"dock_door"})
 VISIT_GAP_S: Final = 300.0
 PORTAL_PASS_GAP_S: Final = 10.0
 # A tag has departed when it has been missing for this many of its own usual read intervals at the location (the
-# mean time between its reads during the visit), if that is longer than the age-out. A reader that reports once a
-# minute reads each tag once a minute, and one missed report is no departure.
+# mean time between its reads during the visit, tracking/presence.py Sighting.age_out), if that is longer than
+# the age-out. A reader that reports once a minute reads each tag once a minute, and one missed report is no
+# departure.
 AGE_OUT_READ_INTERVALS: Final = 3.0
 # Weight of one read in the RSSI moving average: n newer reads together weigh 1 - (1 - a)^n.
 RSSI_READ_WEIGHT: Final = 0.3

@@ -3,7 +3,11 @@ geofences, and each location's clock.
 
 A location's clock is the newest device time its readers have reported: the newest read of any of their antennas
 (``antenna_activity``, kept by ingest) or their newest heartbeat (``device_events`` with online = true, antenna
--1). A reader covers the locations of its antennas and, for antennas without a row, its own location. Taking a
+-1). After a reader was lost (an offline event, such as its last will), its heartbeats count again only once it
+has delivered a read newer than the loss: a reader coming back says it is online before it sends what it read,
+and its birth message must not age out everything it last saw before the outage.
+
+A reader covers the locations of its antennas and, for antennas without a row, its own location. Taking a
 reader's clock from all its antennas lets an empty shelf age out the last item taken from it while the reader
 reads the shelf next to it; a reader that stops reporting stops its locations' clocks, and what it last saw stays.
 """
@@ -30,14 +34,18 @@ with cover as (
     select id, location_id from devices where kind = 'rfid_reader' and assigned and location_id is not null
 ),
 reader as (
-    select c.device_id, greatest(
-        (select max(x.last_read_at) from antenna_activity x where x.device_id = c.device_id),
+    select c.device_id,
+        (select max(x.last_read_at) from antenna_activity x where x.device_id = c.device_id) as read_at,
         (select max(e.observed_at) from device_events e
-         where e.device_id = c.device_id and e.antenna = -1 and e.online)
-    ) as at
+         where e.device_id = c.device_id and e.antenna = -1 and e.online) as alive_at,
+        (select max(e.observed_at) from device_events e
+         where e.device_id = c.device_id and e.antenna = -1 and not e.online) as lost_at
     from (select distinct device_id from cover) c
 )
-select c.location_id, max(r.at) from cover c join reader r using (device_id) where r.at is not null
+select c.location_id,
+       max(greatest(r.read_at, case when r.lost_at is null or r.read_at > r.lost_at then r.alive_at end))
+from cover c join reader r using (device_id)
+where r.read_at is not null or (r.alive_at is not null and r.lost_at is null)
 group by c.location_id
 """
 _LOCATIONS: Final = """

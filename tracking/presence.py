@@ -5,8 +5,9 @@ location, first/last seen of the current visit, smoothed RSSI) and, for the loca
 (tracking/policy.py) and their clock: the newest device time their readers have reported (a read or a
 heartbeat). Every decision is taken in device time, so a backlog, a slow reader or a replay decides the same.
 
-- Fresh: a sighting is fresh while its location's clock is within the age-out of its last read there (or
-  within three of the tag's usual read intervals there, for a reader that reports seldom).
+- Fresh: a sighting is fresh while its location's clock, and the item's newest read anywhere, are within the
+  age-out of its last read there (or within three of the tag's usual read intervals there, for a reader that
+  reports seldom).
 - Current: the item stays where it is while the sighting there is fresh. Another fresh location takes it only
   if its smoothed RSSI is stronger by the hysteresis margin (the current location wins ties): a tag read
   through a wall does not flap between two zones.
@@ -65,10 +66,15 @@ class Sighting:
     """At a portal: which way the tag crossed it (None while only one side has seen it)."""
     reads: int = 1
 
-    @property
-    def read_interval(self) -> timedelta:
-        """The mean time between the tag's reads during this visit (zero with one read)."""
-        return (self.last_seen_at - self.first_seen_at) / (self.reads - 1) if self.reads > 1 else timedelta(0)
+    def age_out(self, policy: PresencePolicy) -> timedelta:
+        """The policy's age-out, or a few of the tag's own read intervals here if that is longer.
+
+        The interval is estimated as if one more gap of the age-out's length came before the visit, so that a
+        young visit with two reads seconds apart does not claim a cadence its reader does not have."""
+        if self.reads < 2:
+            return policy.age_out
+        interval = (self.last_seen_at - self.first_seen_at + policy.age_out) / self.reads
+        return max(policy.age_out, AGE_OUT_READ_INTERVALS * interval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +114,19 @@ class Premises:
 
     places: Mapping[str, Place]
     clocks: Mapping[str, datetime] = field(default_factory=dict)
+    item_seen_at: datetime | None = None
+    """The newest read of the item being resolved, anywhere: time has passed at least that far everywhere."""
 
     def fresh(self, sighting: Sighting) -> bool:
-        """The location's clock has not passed the sighting's last read by more than the age-out, or by more than
-        a few of the tag's own read intervals there if that is longer."""
+        """Neither the location's clock nor the item's own newest read elsewhere has passed the sighting's last read
+        by more than the age-out, or by more than a few of the tag's own read intervals there if that is longer.
+
+        The item's reads elsewhere move the clock for a location whose reader reports nothing while it is empty
+        (and sends no heartbeats): an item seen on a shelf for minutes has left the staging area it came from."""
         clock = self.clocks.get(sighting.location_id, sighting.last_seen_at)
-        age_out = max(self.places[sighting.location_id].policy.age_out, AGE_OUT_READ_INTERVALS * sighting.read_interval)
-        return clock - sighting.last_seen_at <= age_out
+        if self.item_seen_at is not None and self.item_seen_at > clock:
+            clock = self.item_seen_at
+        return clock - sighting.last_seen_at <= sighting.age_out(self.places[sighting.location_id].policy)
 
     def dwelled(self, sighting: Sighting) -> bool:
         return sighting.last_seen_at - sighting.first_seen_at >= self.places[sighting.location_id].policy.dwell
@@ -145,6 +157,8 @@ def resolve(
     ``container`` is the state of the container the item is in, if it is in one.
     """
     seen = [s for s in sightings if s.location_id in premises.places]
+    if seen:
+        premises = replace(premises, item_seen_at=max(s.last_seen_at for s in seen))
     if state is not None and state.location_id is not None:
         current = next((s for s in seen if s.location_id == state.location_id), None)
         if current is not None and current.last_seen_at >= state.since:

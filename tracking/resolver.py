@@ -4,13 +4,15 @@
 exactly one resolves; the others retry every interval and take over within one when the leader's connection
 dies (the lock goes with it). Each tick is one transaction:
 
-1. new GPS fixes move vehicles (tracking/vehicles.py) and what is aboard;
-2. the items to look at: those whose sightings changed since the watermark, those whose container association
-   changed, and present items whose location's clock has passed their age-out;
+1. new GPS fixes move vehicles (tracking/vehicles.py);
+2. the items to look at: those whose sightings changed since the watermark (new EPCs get their ``items`` row,
+   tracking/identity.py), those whose container association changed, and present items whose location's clock
+   has passed their age-out;
 3. presence (tracking/presence.py) decides each one's state and events, containers first, and the contents of
    a container that moved follow it;
-4. item_state is upserted and location_events appended; items that went out through a door just before a
-   vehicle left are put aboard it, and items that moved in step with a container are associated with it;
+4. item_state is upserted and location_events appended; what is still aboard a vehicle takes its position
+   and its site crossings; items that went out through a door just before a vehicle left are put aboard it,
+   and items that moved in step with a container are associated with it;
 5. the watermarks advance, in the same transaction, so a tick is applied entirely or not at all.
 
 The watermark is ``tag_sightings.updated_at``, which ingest sets to its transaction's start time. A transaction
@@ -35,9 +37,10 @@ from typing import Any, Final, TypeAlias
 import psycopg
 from prometheus_client import Counter, Gauge, Histogram
 
-from tracking import containers, vehicles
+from tracking import containers, identity, vehicles
 from tracking.containers import Move
 from tracking.geofence import Geofence
+from tracking.policy import AGE_OUT_READ_INTERVALS
 from tracking.premises import load_clocks, load_fences, load_places
 from tracking.presence import ItemState, Premises, Resolution, Sighting, portal_direction, resolve
 
@@ -82,11 +85,23 @@ _STATES: Final = """
 select epc, location_id, status, since, last_seen_at, site_id, container_epc, latitude, longitude
 from item_state where epc = any(%s)
 """
+# Present items whose last read where they are is older than the location's clock by more than the age-out (or
+# a few of the tag's own read intervals there, if longer: tracking/presence.py applies the same rule). Items
+# held where they are without reads of their own there (by a container, or aboard a vehicle) do not age out.
 _AGED: Final = """
 select s.epc from item_state s
-join unnest(%(locations)s::text[], %(deadlines)s::timestamptz[]) as d(location_id, deadline)
-  on s.location_id = d.location_id
-where s.status <> 'departed' and s.container_epc is null and s.last_seen_at < d.deadline
+join unnest(%(locations)s::text[], %(clocks)s::timestamptz[], %(age_outs)s::float8[])
+  as d(location_id, clock, age_out_s) on s.location_id = d.location_id
+join tag_sightings t on t.epc = s.epc and t.location_id = s.location_id
+where s.status <> 'departed' and s.container_epc is null
+  and s.last_seen_at < d.clock - make_interval(secs => d.age_out_s)
+  and t.last_seen_at >= s.since
+  and t.last_seen_at < d.clock - greatest(
+      make_interval(secs => d.age_out_s),
+      case when t.reads > 1
+           then (t.last_seen_at - t.first_seen_at + make_interval(secs => d.age_out_s)) / t.reads * %(intervals)s
+           else interval '0 s' end)
+order by s.last_seen_at
 limit %(limit)s
 """
 _CREATE_STATES: Final = """
@@ -170,23 +185,26 @@ class Resolver:
     async def _tick(self, conn: Conn) -> TickReport:
         horizon = await _scalar(conn, _HORIZON)
         fixes, tracks = await vehicles.advance(conn, await self._current_fences(conn))
-        for track in tracks:
-            await vehicles.save(conn, track)
         premises = Premises(await load_places(conn, fixes), await load_clocks(conn))
         changed, sightings_mark, more = await self._changed(conn, "tag_sightings", SIGHTINGS, "epc", horizon)
         contents, contents_mark, more_contents = await self._changed(
             conn, "container_contents", CONTENTS, "item_epc", horizon
         )
         aged = await self._aged(conn, premises)
+        await identity.register_sighted(conn, changed)
         work = await _load(conn, changed | contents | aged)
         _decide(work, work.states.keys(), premises)
         await _follow_containers(conn, work, premises)
         events = await self._write(conn, work)
+        for track in tracks:  # after the items: one unloaded in this tick is no longer aboard when it arrives
+            await vehicles.save(conn, track)
         loaded = await vehicles.place_loaded(conn, fixes)
         inferred = await containers.infer(conn, _moves(work))
         await _save_watermark(conn, SIGHTINGS, sightings_mark)
         await _save_watermark(conn, CONTENTS, contents_mark)
-        return TickReport(len(work.states), events, loaded, inferred, more or more_contents or len(aged) >= self._limit)
+        return TickReport(
+            len(work.decided), events, loaded, inferred, more or more_contents or len(aged) >= self._limit
+        )
 
     async def _current_fences(self, conn: Conn) -> dict[str, Geofence]:
         if time.monotonic() - self._fences_at >= self._refresh_s:
@@ -212,8 +230,16 @@ class Resolver:
 
     async def _aged(self, conn: Conn, premises: Premises) -> set[str]:
         locations = [place for place in premises.clocks if place in premises.places]
-        deadlines = [premises.clocks[place] - premises.places[place].policy.age_out for place in locations]
-        cursor = await conn.execute(_AGED, {"locations": locations, "deadlines": deadlines, "limit": self._limit})
+        cursor = await conn.execute(
+            _AGED,
+            {
+                "locations": locations,
+                "clocks": [premises.clocks[place] for place in locations],
+                "age_outs": [premises.places[place].policy.age_out_s for place in locations],
+                "intervals": AGE_OUT_READ_INTERVALS,
+                "limit": self._limit,
+            },
+        )
         return {row[0] for row in await cursor.fetchall()}
 
     async def _write(self, conn: Conn, work: _Work) -> int:

@@ -2,7 +2,9 @@
 
 It runs inside the batch's transaction (``ingest.writer.Writer(dsn, steps=[Sightings()])``), on the hot path, so
 it does no per-read SQL: the reads are placed and aggregated in dicts, COPYed into a temporary table and merged
-by one statement, which also writes ``portal_passes`` and new ``items``.
+by one statement, which also writes ``portal_passes``. New EPCs get their ``items`` row (with the GS1 identity
+decoded) from the resolver at its next tick: decoding costs tens of microseconds per EPC, which the hot path
+cannot pay for every new tag.
 
 Placement: an antenna's row in ``antennas`` gives its location (and portal side); an antenna without one
 belongs to its reader's ``devices.location_id``. Reads of a reader that is not registered, parked
@@ -33,7 +35,6 @@ from typing import Any, Final, TypeAlias
 import psycopg
 from prometheus_client import Counter
 
-from devices.epc import identify
 from ingest.batch import Row, Rows
 from tracking.policy import PORTAL_PASS_GAP_S, RSSI_READ_WEIGHT, VISIT_GAP_S
 
@@ -49,23 +50,21 @@ Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 # (location_id, side) of a read: side is 'in' / 'out' for the antennas of a portal.
 Place: TypeAlias = tuple[str, str | None]
 
-_KNOWN_EPCS_MAX: Final = 250_000
 
 _CREATE_BATCH: Final = """
 create temp table if not exists tracking_sightings_batch (
     epc text, location_id text, first_at timestamptz, last_at timestamptz, reads bigint, rssi_dbm real,
     device_id text, antenna smallint, side text,
-    in_first_at timestamptz, in_last_at timestamptz, out_first_at timestamptz, out_last_at timestamptz,
-    scheme text, gtin text, serial text, sscc text, uri text
+    in_first_at timestamptz, in_last_at timestamptz, out_first_at timestamptz, out_last_at timestamptz
 ) on commit delete rows
 """
 _BATCH_COLUMNS: Final = (
     "epc", "location_id", "first_at", "last_at", "reads", "rssi_dbm", "device_id", "antenna", "side",
-    "in_first_at", "in_last_at", "out_first_at", "out_last_at", "scheme", "gtin", "serial", "sscc", "uri",
+    "in_first_at", "in_last_at", "out_first_at", "out_last_at",
 )  # fmt: skip
 _BATCH_TYPES: Final = (
     "text", "text", "timestamptz", "timestamptz", "int8", "float4", "text", "int2", "text",
-    "timestamptz", "timestamptz", "timestamptz", "timestamptz", "text", "text", "text", "text", "text",
+    "timestamptz", "timestamptz", "timestamptz", "timestamptz",
 )  # fmt: skip
 
 # A tag unread for longer than the gap before this batch's first read of it: a new visit (or portal pass). A
@@ -80,18 +79,10 @@ _NEW_PASS: Final = (
 )
 _NEWER: Final = "excluded.last_seen_at >= s.last_seen_at"
 
-# One statement for the three tables. Rows go in (epc, location_id) order in every worker, so two workers
+# One statement for both tables. Rows go in (epc, location_id) order in every worker, so two workers
 # writing the same tags lock them in the same order and cannot deadlock.
 MERGE_SQL: Final = f"""
-with new_items as (
-    insert into items (epc, scheme, gtin, serial, sscc, uri, first_seen_at)
-    select epc, min(scheme), min(gtin), min(serial), min(sscc), min(uri), min(first_at)
-    from tracking_sightings_batch where scheme is not null
-    group by epc
-    order by epc
-    on conflict (epc) do nothing
-),
-passes as (
+with passes as (
     insert into portal_passes as p (epc, location_id, in_first_at, in_last_at, out_first_at, out_last_at)
     select epc, location_id, in_first_at, in_last_at, out_first_at, out_last_at
     from tracking_sightings_batch where side is not null
@@ -225,19 +216,14 @@ def aggregate(reads: Iterable[Row], placement: Placement) -> tuple[dict[tuple[st
     return visits, unplaced
 
 
-def batch_rows(visits: Mapping[tuple[str, str], Visit], new_epcs: set[str]) -> list[Row]:
-    """The rows of the temporary table; those of EPCs not yet in ``items`` carry their GS1 identity."""
+def batch_rows(visits: Mapping[tuple[str, str], Visit]) -> list[Row]:
+    """The rows of the temporary table, in (epc, location_id) order."""
     rows: list[Row] = []
-    no_identity: tuple[Any, ...] = (None, None, None, None, None)
     for (epc, location_id), v in sorted(visits.items()):
-        identity = no_identity
-        if epc in new_epcs:
-            found = identify(epc)  # cached by devices.epc
-            identity = (found.scheme, found.gtin, found.serial, found.sscc, found.uri)
         side = v.side if v.portal else None
         rows.append(
             (epc, location_id, v.first_at, v.last_at, v.reads, v.rssi_dbm, v.device_id, v.antenna, side,
-             v.in_first_at, v.in_last_at, v.out_first_at, v.out_last_at, *identity)
+             v.in_first_at, v.in_last_at, v.out_first_at, v.out_last_at)
         )  # fmt: skip
     return rows
 
@@ -250,8 +236,6 @@ class Sightings:
         self._clock = clock
         self._placement: Placement | None = None
         self._loaded_at = 0.0
-        # EPCs seen in ``items`` (by a select, so committed): no identity work and no insert for them again.
-        self._known: set[str] = set()
         # Connections that have the temporary table (the Writer opens a new one after an error).
         self._prepared: weakref.WeakSet[Conn] = weakref.WeakSet()
         self.unplaced_reads = 0
@@ -266,8 +250,7 @@ class Sightings:
             UNPLACED_READS.inc(unplaced)
         if not visits:
             return
-        new_epcs = await self._new_epcs(conn, {epc for epc, _ in visits})
-        await self._write(conn, batch_rows(visits, new_epcs))
+        await self._write(conn, batch_rows(visits))
         SIGHTINGS_WRITTEN.inc(len(visits))
 
     def invalidate(self) -> None:
@@ -280,17 +263,6 @@ class Sightings:
             self._placement = await load_placement(conn)
             self._loaded_at = now
         return self._placement
-
-    async def _new_epcs(self, conn: Conn, epcs: set[str]) -> set[str]:
-        unknown = epcs - self._known
-        if not unknown:
-            return set()
-        cursor = await conn.execute("select epc from items where epc = any(%s)", (list(unknown),))
-        found = {row[0] for row in await cursor.fetchall()}
-        if len(self._known) + len(found) > _KNOWN_EPCS_MAX:
-            self._known.clear()
-        self._known |= found
-        return unknown - found
 
     async def _write(self, conn: Conn, rows: Sequence[Row]) -> None:
         if conn not in self._prepared:

@@ -110,6 +110,27 @@ def test_departure_waits_for_the_age_out_on_the_location_clock() -> None:
     )  # fmt: skip
 
 
+def test_reads_elsewhere_age_out_a_location_whose_reader_went_quiet() -> None:
+    # The receiving area's reader reports nothing once the area is empty, so its clock stops at the last read;
+    # the item's own reads on the shelf show that time went on.
+    state = present("receiving", 0, 30)
+    sightings = [seen("receiving", 0, 30, -50), seen("shelf-1", 60, 400, -65)]
+
+    resolution = resolve(state, sightings, at(receiving=30, shelf_1=400))
+
+    assert resolution.events == (Event(t(60), "moved", "receiving", "shelf-1"),)
+
+
+def test_a_reader_reporting_once_a_minute_ages_out_after_three_missed_reports() -> None:
+    state = present("shelf-1", 0, 600)
+    sightings = [seen("shelf-1", 0, 600, -60)]
+    read_every_minute = [Sighting("shelf-1", t(0), t(600), -60.0, reads=11)]
+
+    assert resolve(state, read_every_minute, at(shelf_1=770)).state == state
+    assert resolve(state, sightings, at(shelf_1=770)).events == (Event(t(600), "departed", "shelf-1", None),)
+    assert resolve(state, read_every_minute, at(shelf_1=790)).events == (Event(t(600), "departed", "shelf-1", None),)
+
+
 def test_coming_in_through_the_dock_door_records_the_direction() -> None:
     # Seen by the outer antenna first, then the inner one: direction in; then received.
     door = seen("dock-1", 0, 20, -45, direction="in")

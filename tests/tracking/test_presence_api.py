@@ -32,6 +32,9 @@ class Api:
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self._portal.call(partial(self._client.request, "POST", url, **kwargs))
 
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self._portal.call(partial(self._client.request, "PUT", url, **kwargs))
+
 
 @pytest.fixture
 def line(dsn: str, db: Db) -> Line:
@@ -122,7 +125,7 @@ def test_packing_a_pallet_places_its_unread_contents_with_it(line: Line, api: Ap
     line.feed(
         rows(
             [read(60 + s, "fx-dock", 2, PALLET) for s in range(3)]
-            + [read(s, "r700", 2, sgtin(9)) for s in range(60, 90, 2)]
+            + [read(s, "r700", 2, sgtin(9)) for s in range(60, 150, 2)]
         )
     )
     assert api.get(f"/api/v1/items/{OTHER}").json()["state"]["location_id"] == "dock-1"
@@ -146,3 +149,23 @@ def test_bad_container_requests_are_422_or_404(line: Line, api: Api) -> None:
     assert (
         api.post(f"/api/v1/containers/{PALLET}/contents", json={"add": ["urn:epc:id:sgtin:9.9.9"]}).status_code == 404
     )
+
+
+def test_a_location_policy_override_is_shown_and_used_by_the_resolver(line: Line, api: Api, db: Db) -> None:
+    assert api.get("/api/v1/locations/shelf-1/presence-policy").json() == {
+        "location_id": "shelf-1", "kind": "shelf", "dwell_s": 2.0, "age_out_s": 60.0, "hysteresis_db": 6.0,
+        "overrides": {"dwell_s": None, "age_out_s": None, "hysteresis_db": None},
+    }  # fmt: skip
+    put = api.put("/api/v1/locations/shelf-1/presence-policy", json={"age_out_s": 600})
+    assert put.json()["age_out_s"] == 600.0
+    assert api.put("/api/v1/locations/shelf-1/presence-policy", json={"age_out_s": 0}).status_code == 422
+    assert api.put("/api/v1/locations/nowhere/presence-policy", json={}).status_code == 404
+
+    line.feed(rows([read(s, "r700", 1) for s in range(0, 10, 2)]))
+    line.feed(rows([read(s, "r700", 2, OTHER) for s in range(100, 300, 20)]))  # 290 s on the reader's clock
+    assert db.execute("select status from item_state where epc = %s", (ITEM,)).fetchone() == ("present",)
+
+    api.put("/api/v1/locations/shelf-1/presence-policy", json={})
+    assert api.get("/api/v1/locations/shelf-1/presence-policy").json()["overrides"]["age_out_s"] is None
+    line.tick()
+    assert db.execute("select status from item_state where epc = %s", (ITEM,)).fetchone() == ("departed",)

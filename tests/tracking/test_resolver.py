@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -100,6 +101,17 @@ def test_an_item_arrives_stays_while_its_reader_is_silent_and_departs_on_the_rea
     assert events(db) == [(at(0), "arrived", None, "shelf-1", None), (at(10), "departed", "shelf-1", None, None)]
 
 
+def test_new_epcs_are_registered_with_their_identity_before_they_get_a_state(line: Line, db: Db) -> None:
+    line.feed(rows([*shelf_reads(4, 10), *shelf_reads(0, 6, antenna=2, epc=OTHER), read(3, "fx-dock", 1, "E2801160")]))
+
+    assert db.execute("select epc, scheme, gtin, serial, uri, first_seen_at from items order by epc").fetchall() == [
+        (ITEM, "sgtin", "04012345000115", "1", "urn:epc:id:sgtin:4012345.000011.1", at(4)),
+        (OTHER, "sgtin", "04012345000283", "1", "urn:epc:id:sgtin:4012345.000028.1", at(0)),
+        ("E2801160", "unknown", None, None, None, at(3)),  # a TID, not an EPC: still a tag that was seen
+    ]
+    assert db.execute("select count(*) from item_state").fetchone() == (3,)
+
+
 def test_through_the_dock_door_into_receiving_with_its_direction(line: Line, db: Db) -> None:
     line.feed(rows([read(s / 2, "fx-dock", 1, rssi=-45) for s in range(0, 8)]))
     line.feed(rows([read(4 + s / 2, "fx-dock", 2, rssi=-45) for s in range(0, 8)]))
@@ -113,6 +125,19 @@ def test_through_the_dock_door_into_receiving_with_its_direction(line: Line, db:
         (at(0), "arrived", None, "dock-1", None),
         (at(10), "moved", "dock-1", "receiving", "in"),
     ]
+
+
+def test_a_reader_back_from_an_outage_does_not_age_out_what_it_saw_before(line: Line, db: Db) -> None:
+    line.feed(rows([read(s, "gw-recv", 1) for s in range(0, 30, 3)], events=[heartbeat(30, "gw-recv")]))
+    last_will = (at(35), "gw-recv", -1, False, "last-will", at(35), None)
+    line.feed(rows(events=[last_will]))
+    # Fifteen minutes later it is back: it says so first, and sends its reads a report later.
+    line.feed(rows(events=[heartbeat(935, "gw-recv")]))
+    assert state(db) == ("receiving", "present", at(0), "berlin", None)
+
+    line.feed(rows([read(s, "gw-recv", 1) for s in range(940, 970, 3)], events=[heartbeat(970, "gw-recv")]))
+    assert state(db) == ("receiving", "present", at(0), "berlin", None)
+    assert [e[1] for e in events(db)] == ["arrived"]
 
 
 def test_a_late_batch_from_the_previous_shelf_does_not_move_the_item_back(line: Line, db: Db) -> None:
@@ -203,24 +228,26 @@ def test_loaded_at_the_dock_then_in_transit_with_the_truck_and_arrived_at_the_ot
 
 
 def test_with_two_resolvers_one_leads_and_the_other_takes_over_when_it_stops(dsn: str, db: Db) -> None:
-    ticks: dict[str, int] = {"a": 0, "b": 0}
-
-    def counter(name: str) -> Any:
-        def count(_: TickReport) -> None:
-            ticks[name] += 1
-
-        return count
-
     async def scenario() -> tuple[dict[str, int], dict[str, int]]:
+        ticks = {"a": 0, "b": 0}
+        ticked = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+        def counter(name: str) -> Callable[[TickReport], None]:
+            def count(_: TickReport) -> None:
+                ticks[name] += 1
+                ticked[name].set()
+
+            return count
+
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
         a = asyncio.create_task(run(dsn, stop_a, 0.05, on_tick=counter("a")))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(ticked["a"].wait(), 15)
         b = asyncio.create_task(run(dsn, stop_b, 0.05, on_tick=counter("b")))
         await asyncio.sleep(0.5)
         both_running = dict(ticks)
         stop_a.set()
         await a
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(ticked["b"].wait(), 15)
         stop_b.set()
         await b
         return both_running, dict(ticks)

@@ -1,0 +1,154 @@
+"""Commands of alert delivery: ``stocktrace delivery run|check`` and ``stocktrace bench delivery``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from alerts import delivery, delivery_bench
+from alerts.routes import ROUTES_FILE_ENV, RoutesConfig, RoutesError, destinations
+from stocktrace import db
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _database_option(function: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="STOCKTRACE_DATABASE_URL",
+        default="postgresql:///stocktrace",
+        show_default=True,
+        help="libpq URL of the database [env: STOCKTRACE_DATABASE_URL]",
+    )(function)
+
+
+def _routes_option(function: F) -> F:
+    return click.option(
+        "--routes",
+        "routes_file",
+        envvar=ROUTES_FILE_ENV,
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Routes file (alerts/routes.example.yaml shows every field) [env: {ROUTES_FILE_ENV}]",
+    )(function)
+
+
+def _load(routes_file: Path) -> RoutesConfig:
+    try:
+        return delivery.load_worker_routes(routes_file)
+    except RoutesError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group("delivery")
+def delivery_group() -> None:
+    """Alert delivery: the worker that sends the outbox, and a check of the routes file."""
+
+
+@delivery_group.command("run")
+@_database_option
+@_routes_option
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel sends.")
+def run(database_url: str, routes_file: Path, concurrency: int) -> None:
+    """Send pending alert deliveries until SIGTERM or Ctrl-C; run as many as you like, on any hosts.
+
+    Each receiver gets its deliveries in order, one at a time; receivers are served in parallel. A delivery
+    being sent when the signal comes is finished and recorded first.
+
+    \b
+    Example:
+      STOCKTRACE_ALERT_ROUTES_FILE=/etc/stocktrace/routes.yaml stocktrace delivery run
+    """
+    config = _load(routes_file)
+    click.echo(f"delivering to {len(config.receivers)} receiver(s) from {database_url} with {concurrency} slot(s)")
+    asyncio.run(_run_until_signal(database_url, config, concurrency))
+
+
+async def _run_until_signal(database_url: str, config: RoutesConfig, concurrency: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await delivery.run(database_url, stop, config, concurrency=concurrency)
+
+
+@delivery_group.command("check")
+@_routes_option
+@click.option("--labels", "-l", multiple=True, metavar="NAME=VALUE", help="Show where an alert with these labels goes.")
+def check(routes_file: Path, labels: tuple[str, ...]) -> None:
+    """Validate the routes file, with its ${VARIABLES} read from the environment; exit 1 if it is wrong.
+
+    \b
+    Examples:
+      stocktrace delivery check --routes routes.yaml
+      stocktrace delivery check -l alertname=ColdChainBreach -l severity=critical
+    """
+    config = _load(routes_file)
+    for receiver in config.receivers:
+        click.echo(f"receiver {receiver.name:<24} {receiver.type}")
+    click.echo(f"{len(config.routes)} route(s), default receivers: {', '.join(config.default_receivers) or 'none'}")
+    if labels:
+        pairs = dict(label.partition("=")[::2] for label in labels)
+        for found in destinations(config, pairs):
+            click.echo(f"-> {found.receiver} (route {found.route_key}, group by {', '.join(found.group_by)})")
+
+
+@click.command("delivery")
+@_database_option
+@click.option("--deliveries", "-n", default=2_000, show_default=True, help="Deliveries in the throughput run.")
+@click.option("--receivers", default=4, show_default=True, help="Receivers (lanes) they are spread over.")
+@click.option("--concurrency", default=4, show_default=True, help="Worker slots.")
+@click.option("--rate", default=50.0, show_default=True, help="Changes/s offered in the latency run.")
+@click.option("--latency-seconds", default=5.0, show_default=True, help="Length of the latency run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def bench_delivery(
+    database_url: str, deliveries: int, receivers: int, concurrency: int, rate: float, latency_seconds: float,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Alert delivery: deliveries/s and commit→received latency, against a plain POST loop.
+
+    Runs in a database of its own (<database>_bench_delivery), created for the run and dropped after it, with
+    a local webhook receiver in a process of its own.
+
+    \b
+    Examples:
+      stocktrace bench delivery
+      stocktrace bench delivery --deliveries 5000 --receivers 8 --json
+    """
+    server = psycopg.conninfo.conninfo_to_dict(database_url)
+    name = f"{server.get('dbname') or 'stocktrace'}_bench_delivery"
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    try:
+        db.migrate(url)
+        config = delivery_bench.BenchConfig(url, deliveries, receivers, concurrency, rate, latency_seconds)
+        result = delivery_bench.run_benchmark(config, lambda line: click.echo(line, err=as_json))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(
+        f"\n{'':<28}{'outbox + worker':>18}{'plain POST loop':>18}\n"
+        f"{'throughput':<28}{result.deliveries_per_s:>13,.0f} /s  {result.baseline_posts_per_s:>13,.0f} /s\n"
+        f"{'latency p50':<28}{result.latency_p50_ms:>13.1f} ms  {result.baseline_p50_ms:>13.2f} ms\n"
+        f"{'latency p99':<28}{result.latency_p99_ms:>13.1f} ms  {result.baseline_p99_ms:>13.2f} ms\n"
+        f"outbox: {result.deliveries:,} deliveries over {result.receivers} receiver(s), {result.concurrency} slot(s); "
+        f"latency from commit to received at {result.offered_rate:g} changes/s (max {result.latency_max_ms:.1f} ms); "
+        f"enqueue {result.enqueue_per_s:,.0f}/s, one change per transaction"
+    )
+
+
+COMMANDS: list[click.Command] = [delivery_group]
+BENCHMARKS: list[click.Command] = [bench_delivery]
