@@ -15,6 +15,8 @@ POST /deliveries/{id}/retry puts it back at the head of its lane with a fresh bu
 Delivery is at least once. The outcome of a send is committed after the receiver answered; a worker that dies
 in between (or loses its database connection) leaves the delivery pending, and it is sent again, with the same
 body and the same Idempotency-Key, so receivers that care can drop the repeat. PagerDuty does so by dedup_key.
+Outcomes are committed without waiting for the WAL flush (synchronous_commit off on the worker's connections),
+which only widens that window to a database crash: what was enqueued is always committed synchronously.
 
 Enqueue sends a NOTIFY on commit; the worker LISTENs, so a delivery usually leaves within milliseconds of its
 commit. Polling every ``poll_s`` covers lost notifications and backoffs coming due.
@@ -279,7 +281,7 @@ async def run(
     wake = Doorbell(concurrency)
     async with httpx.AsyncClient(follow_redirects=False) as client:
         dispatcher = Dispatcher(config, client, clock, rng or random.Random())
-        helpers = [
+        background = [
             asyncio.create_task(_listen(dsn, wake, stop)),
             asyncio.create_task(_clean_up(dsn, stop, config.delivery, clock)),
         ]
@@ -290,9 +292,9 @@ async def run(
             await asyncio.gather(*slots)
         finally:
             # Listening and cleaning hold nothing that must be finished; the slots finished their deliveries.
-            for task in helpers:
+            for task in background:
                 task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await dispatcher.aclose()
 
 

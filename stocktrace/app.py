@@ -18,6 +18,8 @@ from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from alerts.api import router as alerts_router
+from alerts.deliveries_api import router as deliveries_router
 from devices.api import router as devices_router
 from ingest.api import router as ingest_router
 from ingest.wire import Connection, MqttError
@@ -37,6 +39,8 @@ ROUTERS: Final[tuple[APIRouter, ...]] = (
     presence_router,
     inventory_router,
     epcis_router,
+    alerts_router,
+    deliveries_router,
     audit.router,
     auth.router,
 )

@@ -97,7 +97,8 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(frozenset({"PUT"}), "/api/v1/items/{epc}/lot", Role.OPERATOR),
     Rule(frozenset({"POST"}), "/api/v1/containers/{sscc}/contents", Role.OPERATOR),
     Rule(WRITE, "/api/v1/silences", Role.OPERATOR),
-    Rule(frozenset({"POST", "PUT", "DELETE"}), "/api/v1/alerts", Role.OPERATOR),
+    Rule(frozenset({"POST", "DELETE"}), "/api/v1/alerts/{fingerprint}/ack", Role.OPERATOR),
+    Rule(frozenset({"POST"}), "/api/v1/deliveries/{delivery_id}/retry", Role.OPERATOR),
     # Everything else that changes something is configuration: the registry, SKUs and lots, rules, receivers.
     Rule(WRITE, "/api/v1", Role.ADMIN),
 )

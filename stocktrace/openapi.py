@@ -38,6 +38,8 @@ _PATH_EXAMPLES: Final[dict[str, Any]] = {
     "epc": "3034F4E4E40002C000000001",
     "lot": "L-88",
     "count_id": 1,
+    "silence_id": 1,
+    "delivery_id": 1,
 }
 
 

@@ -23,7 +23,7 @@ from typing import Final
 import uvicorn
 from prometheus_client import multiprocess
 
-from alerts import evaluator
+from alerts import delivery, evaluator
 from alerts.cli import rules_from
 from ingest.consumer import BatchPolicy, Consumer, shared
 from ingest.routes import Router
@@ -164,8 +164,13 @@ async def serve(settings: Settings, workers: int, stop: asyncio.Event | None = N
         asyncio.create_task(keep_bounded(settings.database_url, plan, stop)),
         # Each of these takes an advisory lock: with several stocktrace processes exactly one does the work.
         asyncio.create_task(resolver.run(settings.database_url, stop)),
-        asyncio.create_task(evaluator.run(settings.database_url, stop, rules_from(None))),
+        asyncio.create_task(evaluator.run(settings.database_url, stop, rules_from(settings.rules_file))),
     ]
+    if settings.alert_routes_file is not None:
+        routes = delivery.load_worker_routes(settings.alert_routes_file)
+        background.append(asyncio.create_task(delivery.run(settings.database_url, stop, routes)))
+    else:
+        log.warning("STOCKTRACE_ALERT_ROUTES_FILE is not set: alerts are evaluated but sent nowhere")
     try:
         await Supervisor(workers).run(stop)
     finally:

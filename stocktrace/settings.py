@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Annotated, Self
 from urllib.parse import urlsplit
 
@@ -65,6 +66,12 @@ class Settings(BaseSettings):
     )
     retention_days: int = Field(30, ge=1, description="Raw reads and telemetry older than this are dropped")
     compress_after_days: int = Field(2, ge=1, description="Compress raw chunks older than this (Timescale edition)")
+    rules_file: Path | None = Field(
+        None, description="Alert rules (YAML); unset: the shipped defaults, alerts/rules.default.yaml"
+    )
+    alert_routes_file: Path | None = Field(
+        None, description="Alert routes and receivers (YAML, see alerts/routes.example.yaml); unset: nothing is sent"
+    )
     api_host: str = Field("127.0.0.1", description="Address the HTTP API listens on")
     api_port: int = Field(8080, ge=1, le=65535, description="Port the HTTP API listens on")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
@@ -102,6 +109,13 @@ class Settings(BaseSettings):
         if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value.upper()
+
+    @field_validator("rules_file", "alert_routes_file")
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
 
     @model_validator(mode="after")
     def _check_credentials(self) -> Self:

@@ -94,10 +94,7 @@ declare
 begin
     foreach name in array array[
         'locations', 'devices', 'antennas', 'location_presence_policy', 'skus', 'lots', 'book_imports',
-        'consumption_points', 'cycle_counts',
-        -- alerts: rules, silences, acknowledgements and receivers, as that stage names them
-        'alert_rules', 'silences', 'alert_silences', 'alert_acks', 'alert_acknowledgements', 'receivers',
-        'alert_receivers', 'notification_channels'
+        'consumption_points', 'cycle_counts', 'silences'
     ] loop
         if to_regclass(name) is not null then
             perform audit_attach(name::regclass);

@@ -131,3 +131,24 @@ def test_a_pooled_connection_forgets_its_actor_when_returned(dsn, db) -> None:
         ("alice", "PUT /api/v1/skus/x"),
         (f"db:{db.info.user}", None),
     ]
+
+
+def test_acknowledging_and_silencing_alerts_are_audited_but_the_evaluators_writes_are_not(client, key_of, db) -> None:
+    operator = key_of(Role.OPERATOR, "shift-lead")
+    fingerprint = "5c38cc4209f73f11"
+    db.execute(
+        "insert into alerts (fingerprint, alertname, subject, severity, labels, annotations, group_key, state,"
+        " starts_at, evaluated_at) values (%s, 'TemperatureExcursion', 'cold-1', 'critical',"
+        " '{\"alertname\": \"TemperatureExcursion\"}', '{}', 'g', 'firing', now(), now())",
+        (fingerprint,),
+    )
+    db.execute("update alerts set evaluated_at = now(), notified_at = now()")  # the evaluator's tick
+    ack = client.post(f"/api/v1/alerts/{fingerprint}/ack", json={"by": "j.doe", "comment": "door"}, headers=operator)
+    assert ack.status_code == 200, ack.text
+    silence = {"matchers": [{"name": "subject", "value": "cold-1"}], "ends_at": "2099-01-01T00:00:00Z",
+               "created_by": "j.doe", "comment": "defrost"}  # fmt: skip
+    assert client.post("/api/v1/silences", json=silence, headers=operator).status_code == 201, "silences"
+    assert db.execute(
+        "select table_name, operation, actor, after ->> 'acknowledged_by' from audit_log"
+        " where table_name in ('alerts', 'silences') order by id"
+    ).fetchall() == [("alerts", "update", "shift-lead", "j.doe"), ("silences", "insert", "shift-lead", None)]

@@ -161,3 +161,17 @@ def test_authentication_can_be_turned_off_for_a_demo_and_changes_are_still_attri
     with TestClient(create_app(DemoSettings.model_validate({"database_url": dsn}))) as client:
         assert client.put("/api/v1/sites/dc-1", json=SITE).status_code == 201
     assert db.execute("select actor from audit_log where table_name = 'locations'").fetchone() == ("anonymous",)
+
+
+class PrivateMetrics(Settings):
+    """STOCKTRACE_METRICS_AUTH=true."""
+
+    metrics_auth: bool = True
+
+
+def test_metrics_can_be_put_behind_a_key(dsn, db, key_of) -> None:
+    viewer = key_of(Role.VIEWER)
+    with TestClient(create_app(PrivateMetrics.model_validate({"database_url": dsn}))) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=viewer).status_code == 200
+        assert client.get("/healthz").status_code == 200

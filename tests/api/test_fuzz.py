@@ -30,7 +30,7 @@ from stocktrace.settings import load_settings
 
 EXAMPLE_SITE = Path(__file__).parents[2] / "devices" / "examples" / "site.yaml"
 # About 60 operations on this 2-core machine: enough to find what a fuzzer finds in a minute.
-EXAMPLES_PER_OPERATION = 50
+EXAMPLES_PER_OPERATION = 40
 
 
 @pytest.fixture
