@@ -52,6 +52,9 @@ def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
 
     auth_enabled = bool(getattr(settings, "api_auth", True))
     max_body_bytes = int(getattr(settings, "api_max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+    # Prometheus scrapes without a key unless STOCKTRACE_METRICS_AUTH is set (it can send a bearer token).
+    metrics_auth = bool(getattr(settings, "metrics_auth", False))
+    open_paths = auth.OPEN_PATHS - {"/metrics"} if metrics_auth else auth.OPEN_PATHS
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,12 +83,10 @@ def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
     problems.install(app)
     # Added innermost first: a request meets RequestLog, ErrorBoundary, Authentication, BodyLimit, the routes.
     app.add_middleware(problems.BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(
-        auth.Authentication, enabled=auth_enabled, metrics_open=not getattr(settings, "metrics_auth", False)
-    )
+    app.add_middleware(auth.Authentication, enabled=auth_enabled, open_paths=open_paths)
     app.add_middleware(problems.ErrorBoundary)
     app.add_middleware(RequestLog)
-    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]  # FastAPI's documented override
+    app.openapi = lambda: openapi.document(app, open_paths)  # type: ignore[method-assign]  # FastAPI's documented override
     return app
 
 

@@ -232,6 +232,13 @@ def create_key(conn: psycopg.Connection[Any], name: str, role: Role) -> IssuedKe
     return IssuedKey(**_api_key(row).model_dump(), key=key)
 
 
+def replace_key(conn: psycopg.Connection[Any], name: str, role: Role) -> IssuedKey:
+    """Revoke the key in force named ``name``, if any, and issue a new one (for ``stocktrace demo``)."""
+    with conn.transaction():
+        revoke_key(conn, name)
+        return create_key(conn, name, role)
+
+
 def list_keys(conn: psycopg.Connection[Any], *, revoked: bool = False) -> list[ApiKey]:
     rows = conn.execute(_LIST, (revoked,)).fetchall()
     return [_api_key(row) for row in rows]
@@ -294,10 +301,10 @@ class Authentication:
     local demonstration only) every request acts as an admin named "anonymous".
     """
 
-    def __init__(self, app: ASGIApp, *, enabled: bool = True, metrics_open: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, enabled: bool = True, open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.enabled = enabled
-        self.open_paths = OPEN_PATHS if metrics_open else OPEN_PATHS - {"/metrics"}
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:

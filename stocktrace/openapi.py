@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 import devices
 from devices.manifest import ManifestError, Objects, parse
-from stocktrace.auth import OPEN_PATHS, required_role
+from stocktrace.auth import API_PREFIX, OPEN_PATHS, required_role
 from stocktrace.problems import MEDIA_TYPE, InvalidField, Problem, ValidationProblem
 
 _SCHEMES: Final = {
@@ -83,8 +83,8 @@ shorter than `limit`, or a null cursor, is the last:
 """
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document of ``app``, built once."""
+def document(app: FastAPI, open_paths: frozenset[str] = OPEN_PATHS) -> dict[str, Any]:
+    """The OpenAPI document of ``app``, built once; ``open_paths`` need no key."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
@@ -104,7 +104,7 @@ def document(app: FastAPI) -> dict[str, Any]:
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             if method in _METHODS:
-                _complete(path, method.upper(), operation)
+                _complete(path, method.upper(), operation, open_paths)
     for unused in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(unused, None)
     app.openapi_schema = schema
@@ -141,9 +141,13 @@ def _problem(description: str, model: str = "Problem") -> dict[str, Any]:
     return {"description": description, "content": {MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
 
 
-def _complete(path: str, method: str, operation: dict[str, Any]) -> None:
-    if path in OPEN_PATHS:
+def _complete(path: str, method: str, operation: dict[str, Any], open_paths: frozenset[str]) -> None:
+    if path in open_paths:
         operation["security"] = []
+        return
+    if not path.startswith(API_PREFIX + "/"):
+        # Outside the API (/metrics behind a key): any key will do.
+        operation.setdefault("responses", {})["401"] = _problem("No API key, or one that is unknown or revoked")
         return
     role = required_role(method, path)
     operation["x-required-role"] = role.value

@@ -138,3 +138,7 @@ def _status(device_id: str, message: RawMessage) -> DeviceStatus:
         raise DecodeError(f"status payload must be online or offline, got {message.payload[:40]!r}")
     online = word == b"online"
     return DeviceStatus(device_id, message.received_at, online, "connected" if online else "last-will")
+
+
+# A representative message per format, for `stocktrace bench decode` (from the golden cases).
+BENCH_SAMPLE: Final = ("livingroom/sensor/living_room_temperature/state", b"21.5")

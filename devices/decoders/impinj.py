@@ -53,9 +53,7 @@ def decode(message: RawMessage) -> list[Reading]:
     """Decode an MQTT message, an HTTP stream chunk or a webhook body of Impinj reader events."""
     events = _events(message.payload)
     if len(events) > MAX_EVENTS_PER_MESSAGE:
-        raise DecodeError(
-            f"message carries {len(events)} events; at most {MAX_EVENTS_PER_MESSAGE} are accepted"
-        )
+        raise DecodeError(f"message carries {len(events)} events; at most {MAX_EVENTS_PER_MESSAGE} are accepted")
     return [_decode_event(message, event, index) for index, event in enumerate(events)]
 
 
@@ -119,9 +117,7 @@ def _tag_read(
 ) -> TagRead:
     antenna = body.get("antennaPort", 0)
     if isinstance(antenna, bool) or not isinstance(antenna, int) or not 0 <= antenna <= 32767:
-        raise DecodeError(
-            f"event {index}: 'antennaPort' must be an integer from 0 to 32767, got {str(antenna)[:20]!r}"
-        )
+        raise DecodeError(f"event {index}: 'antennaPort' must be an integer from 0 to 32767, got {str(antenna)[:20]!r}")
     rssi = body.get("peakRssiCdbm")
     if rssi is not None and not _is_number(rssi, -20000, 5000):
         raise DecodeError(f"event {index}: 'peakRssiCdbm' must be a number of cdBm, got {str(rssi)[:20]!r}")
@@ -159,10 +155,7 @@ def _epc_hex(body: Mapping[str, Any], index: int) -> str:
 
 def _is_number(value: object, low: float, high: float) -> bool:
     return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and low <= value <= high
+        not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and low <= value <= high
     )
 
 
@@ -170,12 +163,8 @@ def _status(
     device_id: str, queued_at: datetime, kind: str, body: Mapping[str, Any], extra: dict[str, Any], index: int
 ) -> DeviceStatus:
     antenna = body.get("antennaPort")
-    if antenna is not None and (
-        isinstance(antenna, bool) or not isinstance(antenna, int) or not 0 <= antenna <= 32767
-    ):
-        raise DecodeError(
-            f"event {index}: 'antennaPort' must be an integer from 0 to 32767, got {str(antenna)[:20]!r}"
-        )
+    if antenna is not None and (isinstance(antenna, bool) or not isinstance(antenna, int) or not 0 <= antenna <= 32767):
+        raise DecodeError(f"event {index}: 'antennaPort' must be an integer from 0 to 32767, got {str(antenna)[:20]!r}")
     extra.update((k, v) for k, v in body.items() if k != "antennaPort")
     reason = _CAMEL_HUMP.sub("-", kind).lower()
     return DeviceStatus(device_id, queued_at, kind != "antennaDisconnected", reason, antenna, extra)

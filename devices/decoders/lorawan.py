@@ -15,6 +15,7 @@ per device and a default one that knows the names popular codecs use.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -480,3 +481,114 @@ def _located(device_id: str, observed_at: datetime, location: Mapping[str, Any],
 
 
 _LOCATION_KEYS: Final = frozenset({"latitude", "longitude", "altitude", "accuracy"})
+
+
+# A representative message per format, for `stocktrace bench decode` (from the golden cases).
+BENCH_SAMPLE: Final = {
+    "ttn-v3": (
+        "v3/app1@ttn/devices/dev1/up",
+        json.dumps(
+            {
+                "end_device_ids": {
+                    "device_id": "dev1",
+                    "application_ids": {"application_id": "app1"},
+                    "dev_eui": "0004A30B001C0530",
+                    "join_eui": "800000000000000C",
+                    "dev_addr": "00BCB929",
+                },
+                "correlation_ids": [
+                    "as:up:01E0WZGT6Y7657CPFPE5WEYDSQ",
+                    "gs:conn:01E0WDEC6T5T4XXBAX7S1VMFKE",
+                    "gs:uplink:01E0WZGSZWT07NE5TS2APTV1Z9",
+                    "ns:uplink:01E0WZGSZXZXZS8RFAWZX0F2FY",
+                    "rpc:/ttn.lorawan.v3.GsNs/HandleUplink:01E0WZGSZXGE1KS577PFBWRJEE",
+                ],
+                "received_at": "2020-02-12T15:15:46.014773143Z",
+                "uplink_message": {
+                    "session_key_id": "AXA50tHUGUucuzS/bCGMNw==",
+                    "f_cnt": 1,
+                    "frm_payload": "y/YLDQN2AQrdf/8=",
+                    "decoded_payload": {
+                        "BatV": 3.062,
+                        "Bat_status": 3,
+                        "Ext_sensor": "Temperature Sensor",
+                        "Hum_SHT": 88.6,
+                        "TempC_DS": 27.81,
+                        "TempC_SHT": 28.29,
+                    },
+                    "rx_metadata": [
+                        {
+                            "gateway_ids": {"gateway_id": "gtw1", "eui": "9C5C8E00001A05C4"},
+                            "time": "2020-02-12T15:15:45.787Z",
+                            "timestamp": 2463457000,
+                            "rssi": -35,
+                            "channel_rssi": -35,
+                            "snr": 5,
+                            "uplink_token": "ChIKEAoEZ3R3MRIInFyOAAAaBcQQ6L3Vlgk=",
+                            "channel_index": 2,
+                        }
+                    ],
+                    "settings": {
+                        "data_rate": {"lora": {"bandwidth": 125000, "spreading_factor": 7}},
+                        "data_rate_index": 5,
+                        "coding_rate": "4/6",
+                        "frequency": "868300000",
+                        "timestamp": 2463457000,
+                        "time": "2020-02-12T15:15:45.787Z",
+                    },
+                    "consumed_airtime": "0.056576s",
+                    "locations": {
+                        "user": {
+                            "latitude": 37.97155556731436,
+                            "longitude": 23.72678801175413,
+                            "altitude": 10,
+                            "source": "SOURCE_REGISTRY",
+                        }
+                    },
+                    "received_at": "2020-02-12T15:15:45.789585559Z",
+                    "f_port": 2,
+                },
+            }
+        ).encode(),
+    ),
+    "chirpstack-v4": (
+        "application/17c82e96-be03-4f38-aef3-f83d48582d97/device/0101010101010101/event/up",
+        json.dumps(
+            {
+                "deduplicationId": "3ac7e3c4-4401-4b8d-9386-a5c902f9202d",
+                "time": "2022-07-18T09:34:15.775023242+00:00",
+                "deviceInfo": {
+                    "tenantId": "52f14cd4-c6f1-4fbd-8f87-4025e1d49242",
+                    "tenantName": "ChirpStack",
+                    "applicationId": "17c82e96-be03-4f38-aef3-f83d48582d97",
+                    "applicationName": "Test application",
+                    "deviceProfileId": "14855bf7-d10d-4aee-b618-ebfcb64dc7ad",
+                    "deviceProfileName": "Milesight EM300-TH",
+                    "deviceName": "EM300-TH cold room",
+                    "devEui": "0101010101010101",
+                    "tags": {"key": "value"},
+                },
+                "devAddr": "00189440",
+                "dr": 1,
+                "fPort": 1,
+                "data": "AXUyA2fIAARoPA==",
+                "rxInfo": [
+                    {
+                        "gatewayId": "0016c001f153a14c",
+                        "uplinkId": 4217106255,
+                        "rssi": -36,
+                        "snr": 10.5,
+                        "context": "E3OWOQ==",
+                        "metadata": {"region_name": "eu868", "region_common_name": "EU868"},
+                    }
+                ],
+                "txInfo": {
+                    "frequency": 867100000,
+                    "modulation": {"lora": {"bandwidth": 125000, "spreadingFactor": 11, "codeRate": "CR_4_5"}},
+                },
+                "fCnt": 42,
+                "object": {"battery": 50, "temperature": 20.0, "humidity": 30.0},
+            }
+        ).encode(),
+    ),
+}

@@ -30,9 +30,7 @@ from devices.decoders.errors import DecodeError
 from devices.decoders.timestamps import parse_time
 from devices.reading import DeviceStatus, Measurement, Position, Quantity, RawMessage, Reading
 
-_SUBTOPICS: Final = frozenset(
-    {"event", "cmd", "step", "beacon", "dump", "status", "waypoint", "waypoints", "info"}
-)
+_SUBTOPICS: Final = frozenset({"event", "cmd", "step", "beacon", "dump", "status", "waypoint", "waypoints", "info"})
 _NOT_READINGS: Final = frozenset(
     {"beacon", "card", "cmd", "configuration", "request", "status", "steps", "waypoint", "waypoints"}
 )
@@ -65,9 +63,7 @@ def decode(message: RawMessage) -> list[Reading]:
     if kind == "lwt":
         extra = {k: v for k, v in body.items() if k != "_type"}
         return [DeviceStatus(device_id, message.received_at, False, "last-will", None, extra)]
-    raise DecodeError(
-        f"unknown _type {kind[:40]!r}; expected location, transition, lwt or a non-reading type"
-    )
+    raise DecodeError(f"unknown _type {kind[:40]!r}; expected location, transition, lwt or a non-reading type")
 
 
 def _load(payload: bytes) -> dict[str, Any]:
@@ -85,9 +81,7 @@ def _device_id(topic: str, body: Mapping[str, Any]) -> str:
     if parts is None and isinstance(body.get("topic"), str):
         parts = _user_device(body["topic"])
     if parts is None:
-        raise DecodeError(
-            f"topic {topic!r} does not name a user and device; expected owntracks/<user>/<device>"
-        )
+        raise DecodeError(f"topic {topic!r} does not name a user and device; expected owntracks/<user>/<device>")
     return f"{parts[0]}:{parts[1]}"
 
 

@@ -101,10 +101,7 @@ def _ruuvi_manufacturer_data(advertisement: bytes) -> bytes | None:
         end = start + 1 + length
         if end > len(advertisement):
             raise DecodeError(f"advertisement is truncated: the structure at byte {start} runs past its end")
-        if (
-            advertisement[start + 1] == _MANUFACTURER_DATA
-            and advertisement[start + 2 : start + 4] == _RUUVI_COMPANY_ID
-        ):
+        if advertisement[start + 1] == _MANUFACTURER_DATA and advertisement[start + 2 : start + 4] == _RUUVI_COMPANY_ID:
             return advertisement[start + 4 : end]
         start = end
     return None

@@ -236,14 +236,10 @@ class SparkplugDecoder:
         rebirth = self._rebirth(topic, node, trouble, received_at, {})
         return [*rebirth, *self._birth(topic, payload, received_at, {"seq": node.seq})]
 
-    def _birth(
-        self, topic: _Topic, payload: pb.Payload, received_at: datetime, extra: dict[str, Any]
-    ) -> list[Reading]:
+    def _birth(self, topic: _Topic, payload: pb.Payload, received_at: datetime, extra: dict[str, Any]) -> list[Reading]:
         definitions = self._nodes[topic.group, topic.node].aliases[topic.device]
         values = _values(payload, definitions, received_at)
-        table = {
-            _label(v): _declaration(metric, v) for metric, v in zip(payload.metrics, values, strict=True)
-        }
+        table = {_label(v): _declaration(metric, v) for metric, v in zip(payload.metrics, values, strict=True)}
         status = DeviceStatus(
             topic.device_id,
             _payload_time(payload, received_at),
@@ -263,10 +259,7 @@ class SparkplugDecoder:
         devices = sorted(device for device in (node.aliases if node else {}) if device is not None)
         return [
             DeviceStatus(topic.node_id, received_at, False, "death-certificate", extra={"bdSeq": bd_seq}),
-            *(
-                DeviceStatus(f"{topic.node_id}/{device}", received_at, False, "death-certificate")
-                for device in devices
-            ),
+            *(DeviceStatus(f"{topic.node_id}/{device}", received_at, False, "death-certificate") for device in devices),
         ]
 
     def _device_death(self, topic: _Topic, payload: pb.Payload, received_at: datetime) -> list[Reading]:
@@ -388,18 +381,14 @@ def _parse_topic(topic: str) -> _Topic:
     if len(parts) == 3 and parts[0] == NAMESPACE and parts[1] == "STATE" and parts[2]:
         return _Topic("", "STATE", parts[2], None)
     if parts[0] != NAMESPACE or len(parts) not in (4, 5) or not all(parts):
-        message = (
-            f"topic {topic[:200]!r} is not spBv1.0/<group_id>/<message_type>/<edge_node_id>[/<device_id>]"
-        )
+        message = f"topic {topic[:200]!r} is not spBv1.0/<group_id>/<message_type>/<edge_node_id>[/<device_id>]"
         raise DecodeError(message)
     kind = parts[2]
     device = parts[4] if len(parts) == 5 else None
     if (kind in _NODE_KINDS and device is None) or (kind in _DEVICE_KINDS and device is not None):
         return _Topic(parts[1], kind, parts[3], device)
     if kind in _NODE_KINDS | _DEVICE_KINDS:
-        message = (
-            f"topic {topic[:200]!r}: {kind} {'must' if kind in _DEVICE_KINDS else 'must not'} name a device"
-        )
+        message = f"topic {topic[:200]!r}: {kind} {'must' if kind in _DEVICE_KINDS else 'must not'} name a device"
         raise DecodeError(message)
     kinds = ", ".join(sorted(_NODE_KINDS | _DEVICE_KINDS))
     message = f"topic {topic[:200]!r}: unknown message type {kind[:40]!r}; expected one of {kinds}"
@@ -450,9 +439,7 @@ def _payload_time(payload: pb.Payload, received_at: datetime) -> datetime:
     return _at_ms(payload.timestamp) if payload.HasField("timestamp") else received_at
 
 
-def _values(
-    payload: pb.Payload, definitions: Mapping[int, _Definition], received_at: datetime
-) -> list[_Value]:
+def _values(payload: pb.Payload, definitions: Mapping[int, _Definition], received_at: datetime) -> list[_Value]:
     default_at = _payload_time(payload, received_at)
     return [_value(metric, definitions, default_at) for metric in payload.metrics]
 
@@ -556,11 +543,7 @@ def _bytes(data: bytes, datatype: int) -> Any:
     if datatype == pb.BooleanArray:
         return _booleans(data)
     if datatype == pb.StringArray:
-        return (
-            [text.decode("utf-8", "replace") for text in data.removesuffix(b"\0").split(b"\0")]
-            if data
-            else []
-        )
+        return [text.decode("utf-8", "replace") for text in data.removesuffix(b"\0").split(b"\0")] if data else []
     fmt = _ARRAY_FORMATS.get(datatype)
     if fmt is None or len(data) % struct.calcsize(fmt):
         return data.hex()
@@ -615,9 +598,7 @@ def _template(template: pb.Payload.Template) -> dict[str, Any]:
         summary["version"] = template.version
     summary["parameters"] = {parameter.name: _parameter(parameter) for parameter in template.parameters}
     summary["metrics"] = {
-        metric.name or f"alias {metric.alias}": None
-        if metric.is_null
-        else _metric_value(metric, metric.datatype)
+        metric.name or f"alias {metric.alias}": None if metric.is_null else _metric_value(metric, metric.datatype)
         for metric in template.metrics
     }
     return summary
@@ -689,9 +670,7 @@ def _bench_sample() -> tuple[str, bytes]:
     payload = pb.Payload(timestamp=ms, seq=0)
     payload.metrics.add(name=BDSEQ_METRIC, alias=0, timestamp=ms, datatype=pb.Int64, long_value=3)
     payload.metrics.add(name=REBIRTH_METRIC, alias=1, timestamp=ms, datatype=pb.Boolean, boolean_value=False)
-    payload.metrics.add(
-        name="Properties/Hardware Make", alias=2, timestamp=ms, datatype=pb.String, string_value="Pi"
-    )
+    payload.metrics.add(name="Properties/Hardware Make", alias=2, timestamp=ms, datatype=pb.String, string_value="Pi")
     payload.metrics.add(name="Sensors/Temperature", alias=3, timestamp=ms, datatype=pb.Float, float_value=4.5)
     payload.metrics.add(name="Sensors/Humidity", alias=4, timestamp=ms, datatype=pb.Double, double_value=61.2)
     return f"{NAMESPACE}/Warehouse/NBIRTH/Gateway 1", payload.SerializeToString()

@@ -13,6 +13,7 @@ decoder instance knows the time zone of each device (UTC when it is not told). T
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -191,3 +192,12 @@ def _block_readings(
             extra["field"] = key
         readings.append(Measurement(device_id, observed_at, quantity, units.convert(quantity, value), extra))
     return readings
+
+
+# A representative message, for `stocktrace bench decode` (from the golden cases).
+BENCH_SAMPLE: Final = (
+    "tele/cold-room-1/SENSOR",
+    json.dumps(
+        {"Time": "2019-01-01T00:00:00", "AM2301": {"Temperature": 24.6, "Humidity": 58.2}, "TempUnit": "C"}
+    ).encode(),
+)

@@ -47,9 +47,7 @@ def decode(message: RawMessage) -> list[Reading]:
     body = _load(message.payload)
     events = body if isinstance(body, list) else [body]
     if len(events) > MAX_EVENTS_PER_MESSAGE:
-        raise DecodeError(
-            f"message carries {len(events)} events; at most {MAX_EVENTS_PER_MESSAGE} are accepted"
-        )
+        raise DecodeError(f"message carries {len(events)} events; at most {MAX_EVENTS_PER_MESSAGE} are accepted")
     readings: list[Reading] = []
     for index, event in enumerate(events):
         readings.extend(_decode_event(device_id, event, message.received_at, index))
@@ -84,9 +82,7 @@ def _decode_event(device_id: str, event: object, received_at: datetime, index: i
         return [_tag_read(device_id, event, data, observed_at, index)]
     kind = event.get("type")
     if not isinstance(kind, str) or not kind:
-        raise DecodeError(
-            f"event {index}: neither a tag data event (data.idHex) nor a management event (type)"
-        )
+        raise DecodeError(f"event {index}: neither a tag data event (data.idHex) nor a management event (type)")
     return _management_event(device_id, event, data, observed_at, kind)
 
 
@@ -95,9 +91,7 @@ def _tag_read(
 ) -> TagRead:
     epc = data.get("idHex")
     if not isinstance(epc, str) or not 4 <= len(epc) <= 128 or not _HEX.issuperset(epc):
-        raise DecodeError(
-            f"event {index}: 'data.idHex' must be a hex string of 4 to 128 digits, got {str(epc)[:40]!r}"
-        )
+        raise DecodeError(f"event {index}: 'data.idHex' must be a hex string of 4 to 128 digits, got {str(epc)[:40]!r}")
     antenna = data.get("antenna", 0)
     if isinstance(antenna, bool) or not isinstance(antenna, int) or not 0 <= antenna <= 32767:
         raise DecodeError(
@@ -120,10 +114,7 @@ def _tag_read(
 
 def _is_number(value: object, low: float, high: float) -> bool:
     return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and low <= value <= high
+        not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and low <= value <= high
     )
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from stocktrace.app import create_app
-from stocktrace.auth import RULES, Role, keys, required_role
+from stocktrace.auth import RULES, Role, keys, replace_key, required_role
 from stocktrace.settings import Settings
 
 SITE = {"id": "dc-1", "name": "Berlin DC", "timezone": "Europe/Berlin"}
@@ -175,3 +175,10 @@ def test_metrics_can_be_put_behind_a_key(dsn, db, key_of) -> None:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers=viewer).status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_key_can_be_replaced_by_name(client, db) -> None:
+    first = replace_key(db, "demo", Role.ADMIN)
+    second = replace_key(db, "demo", Role.ADMIN)
+    assert client.get("/api/v1/sites", headers={"X-API-Key": first.key}).status_code == 401
+    assert client.get("/api/v1/sites", headers={"X-API-Key": second.key}).status_code == 200
