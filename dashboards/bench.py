@@ -1,4 +1,4 @@
-"""`stocktrace bench dashboards`: every panel's query over a month of generated history, timed.
+"""`stocktrace bench queries`: every panel's query over a month of generated history, timed.
 
 A database of its own (<database>_bench_dashboards) is created, migrated and filled with dashboards/dataset.py
 (COPY), vacuumed and analysed as autovacuum would leave it, then each query of each board runs `repeats` times

@@ -1,4 +1,4 @@
-"""`stocktrace dashboards export|push` and `stocktrace bench dashboards`; the stocktrace CLI registers COMMANDS
+"""`stocktrace dashboards export|push` and `stocktrace bench queries`; the stocktrace CLI registers COMMANDS
 and BENCHMARKS (the latter under `stocktrace bench`)."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def push_command(grafana_url: str, token: str, datasource_url: str, no_datasourc
         click.echo(line)
 
 
-@click.command("dashboards")
+@click.command("queries")
 @click.option(
     "--database-url", envvar="STOCKTRACE_DATABASE_URL", default=_DATABASE_URL, show_default=True,
     help="Server to run on; the benchmark uses a database of its own there [env: STOCKTRACE_DATABASE_URL]",
@@ -106,8 +106,8 @@ def bench_dashboards(
 
     \b
     Examples:
-      stocktrace bench dashboards
-      stocktrace bench dashboards --scale 0.2 --days 7 --json
+      stocktrace bench queries
+      stocktrace bench queries --scale 0.2 --days 7 --json
     """
     server = psycopg.conninfo.conninfo_to_dict(database_url)
     name = f"{server.get('dbname') or 'stocktrace'}_bench_dashboards"

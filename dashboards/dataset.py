@@ -7,7 +7,7 @@ and alerts. Everything lies in the `days` before `now`, so the boards' relative 
 device health is current.
 
 The tables are those the ingest path and the presence resolver write; rows are generated rather than passed
-through them so that 30 days load in seconds (`stocktrace bench dashboards`). Loading runs with
+through them so that 30 days load in seconds (`stocktrace bench queries`). Loading runs with
 session_replication_role = replica: the event-log trigger on location_events (0220) is not what dashboards read,
 and the generated rows are consistent by construction.
 """

@@ -20,7 +20,7 @@ from dashboards.datasource import Sql, SqlAnnotation, stocktrace
 
 TAGS: Final = ["stocktrace"]
 # Panels that count raw RFID reads at query time show the last 24 hours whatever the dashboard's range: over a
-# month they would scan every read of the month (`stocktrace bench dashboards --full-range` measures that).
+# month they would scan every read of the month (`stocktrace bench queries --full-range` measures that).
 RAW_READS_RANGE: Final = "24h"
 
 # Alerts are annotations on every time-series panel: the red band from when the condition began to when it

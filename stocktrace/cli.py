@@ -199,8 +199,11 @@ def bench_ingest(
 _STAGES = (devices_cli, eventlog_cli, tracking_cli, alerts_cli, delivery_cli, dashboards_cli)
 for _command in [*(c for stage in _STAGES for c in stage.COMMANDS), *simulator_cli.COMMANDS]:
     main.add_command(_command)
-for _command in [c for stage in _STAGES for c in stage.BENCHMARKS]:
+for _command in [c for stage in _STAGES if stage is not dashboards_cli for c in stage.BENCHMARKS]:
     bench.add_command(_command)
+# `stocktrace bench queries`: every dashboard panel's query over 30 days of data.
+for _command in dashboards_cli.BENCHMARKS:
+    bench.add_command(_command, "queries")
 
 
 if __name__ == "__main__":

@@ -210,12 +210,21 @@ async def on_integrity_error(request: Request, exc: Exception) -> Response:
     return problem(409, detail, request.url.path)
 
 
+async def on_database_unavailable(request: Request, exc: Exception) -> Response:
+    """No connection in time, a lost connection, a cancelled statement: the client may retry (503)."""
+    assert isinstance(exc, psycopg.OperationalError)
+    log.error("the database failed %s %s: %s", request.method, request.url.path, exc)
+    detail = "the database is unavailable or overloaded; retry shortly"
+    return problem(503, detail, request.url.path, headers={"Retry-After": "5"})
+
+
 def install(app: FastAPI) -> None:
     """Answer HTTP errors, invalid requests and values the database refuses with problem details."""
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(psycopg.DataError, on_data_error)
     app.add_exception_handler(psycopg.IntegrityError, on_integrity_error)
+    app.add_exception_handler(psycopg.OperationalError, on_database_unavailable)
 
 
 class ErrorBoundary:

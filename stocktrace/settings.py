@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     alert_routes_file: Path | None = Field(
         None, description="Alert routes and receivers (YAML, see alerts/routes.example.yaml); unset: nothing is sent"
     )
+    api_auth: bool = Field(
+        True, description="Require an API key on every request (`stocktrace keys create`); false only for a local demo"
+    )
+    api_max_body_bytes: int = Field(
+        10_485_760, ge=1024, description="Larger request bodies are refused with 413 before they are read"
+    )
+    metrics_auth: bool = Field(False, description="Require an API key on /metrics too (Prometheus can send one)")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API listens on")
     api_port: int = Field(8080, ge=1, le=65535, description="Port the HTTP API listens on")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

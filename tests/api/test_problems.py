@@ -155,3 +155,17 @@ def test_an_unexpected_error_is_a_500_that_leaks_nothing_and_is_logged_with_the_
     assert entry["message"] == "unexpected error answering GET /api/v1/boom"
     assert "RuntimeError" in entry["exception"]
     assert "hunter2" not in entry["exception"], "secrets are redacted from tracebacks too"
+
+
+def test_a_lost_database_connection_is_a_503_to_retry(app, db, admin) -> None:
+    async def lose_connection(request: Request) -> None:
+        async with request.app.state.pool.connection() as conn:
+            await conn.execute("select pg_terminate_backend(pg_backend_pid())")
+
+    app.add_api_route("/api/v1/lose-connection", lose_connection)
+    with TestClient(app) as client:
+        response = client.get("/api/v1/lose-connection", headers=admin)
+        body = _problem(response, 503)
+        assert response.headers["retry-after"] == "5"
+        assert body["detail"] == "the database is unavailable or overloaded; retry shortly"
+        assert client.get("/api/v1/sites", headers=admin).status_code == 200, "the pool replaced the connection"
