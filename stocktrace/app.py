@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -44,21 +45,17 @@ ROUTERS: Final[tuple[APIRouter, ...]] = (
     audit.router,
     auth.router,
 )
-DEFAULT_MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 
 
 def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
     """The API; with ``workers``, readiness also waits for that many ingest workers to be subscribed."""
 
-    auth_enabled = bool(getattr(settings, "api_auth", True))
-    max_body_bytes = int(getattr(settings, "api_max_body_bytes", DEFAULT_MAX_BODY_BYTES))
     # Prometheus scrapes without a key unless STOCKTRACE_METRICS_AUTH is set (it can send a bearer token).
-    metrics_auth = bool(getattr(settings, "metrics_auth", False))
-    open_paths = auth.OPEN_PATHS - {"/metrics"} if metrics_auth else auth.OPEN_PATHS
+    open_paths = auth.OPEN_PATHS - {"/metrics"} if settings.metrics_auth else auth.OPEN_PATHS
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not auth_enabled:
+        if not settings.api_auth:
             log.warning("API authentication is OFF (STOCKTRACE_API_AUTH=false): anyone reaching the API is admin")
         # Names each request's API key on its connections, for the audit triggers (stocktrace/audit.py).
         pool = audit.create_pool(settings.database_url)
@@ -73,7 +70,7 @@ def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
     app = FastAPI(
         title="stocktrace",
         summary="Where every tagged item is, what condition it is in, and what needs attention now.",
-        description=openapi.describe(max_body_bytes),
+        description=openapi.describe(settings.api_max_body_bytes),
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -82,8 +79,8 @@ def create_app(settings: Settings, workers: int | None = None) -> FastAPI:
     _add_operations(app, settings, workers)
     problems.install(app)
     # Added innermost first: a request meets RequestLog, ErrorBoundary, Authentication, BodyLimit, the routes.
-    app.add_middleware(problems.BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(auth.Authentication, enabled=auth_enabled, open_paths=open_paths)
+    app.add_middleware(problems.BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(auth.Authentication, enabled=settings.api_auth, open_paths=open_paths)
     app.add_middleware(problems.ErrorBoundary)
     app.add_middleware(RequestLog)
     app.openapi = lambda: openapi.document(app, open_paths)  # type: ignore[method-assign]  # FastAPI's documented override
@@ -97,7 +94,12 @@ def _add_operations(app: FastAPI, settings: Settings, workers: int | None) -> No
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="The database and the broker are reachable")
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="The database and the broker are reachable",
+        responses={503: {"description": "Not ready: each check that failed says why"}},
+    )
     async def readyz() -> JSONResponse:
         checks = {"database": await _database_ok(settings), "broker": await _broker_ok(settings)}
         if workers is not None:
@@ -139,7 +141,10 @@ async def _database_ok(settings: Settings) -> str:
 
 
 async def _broker_ok(settings: Settings) -> str:
-    options = broker_options(settings, f"{settings.mqtt_client_id}-probe", clean_start=True)
+    # A client id of its own each time: two probes (two API replicas) with one id would disconnect each other
+    # (MQTT v5 §3.1.4-3: the broker closes the existing connection of a client id that connects again).
+    client_id = f"{settings.mqtt_client_id}-probe-{uuid.uuid4().hex[:8]}"
+    options = broker_options(settings, client_id, clean_start=True)
     try:
         connection = await Connection.open(options, lambda *_: None, timeout_s=3)
     except MqttError as exc:

@@ -270,9 +270,7 @@ async def authenticate(pool: AsyncConnectionPool[Any], key: str) -> Principal | 
         if row is None or row[3] or not hmac.compare_digest(bytes(row[2]), digest(key)):
             return None
         if row[4]:
-            await conn.execute(
-                "update api_keys set last_used_at = date_trunc('minute', now()) where id = %s", (key_id,)
-            )
+            await conn.execute(_TOUCH, (key_id,))
     return Principal(key_id, row[0], Role(row[1]))
 
 

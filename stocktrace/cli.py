@@ -16,9 +16,10 @@ from dashboards import cli as dashboards_cli
 from devices import cli as devices_cli
 from ingest.consumer import BatchPolicy
 from simulator import cli as simulator_cli
+from stocktrace import auth, db, service
 from stocktrace import bench_ingest as bench_ingest_module
-from stocktrace import db, service
 from stocktrace import demo as demo_module
+from stocktrace.logs import configure_logging
 from stocktrace.settings import Settings, SettingsError, load_settings
 from tracking import cli as tracking_cli
 from tracking import eventlog_cli
@@ -28,9 +29,11 @@ log = logging.getLogger(__name__)
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, settings)  # now it knows which values are secrets
+    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -47,7 +50,7 @@ def main() -> None:
 
     Configuration comes from STOCKTRACE_* environment variables; see the README.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
 
 
 @main.command()
@@ -197,7 +200,7 @@ def bench_ingest(
 
 
 _STAGES = (devices_cli, eventlog_cli, tracking_cli, alerts_cli, delivery_cli, dashboards_cli)
-for _command in [*(c for stage in _STAGES for c in stage.COMMANDS), *simulator_cli.COMMANDS]:
+for _command in [*(c for stage in _STAGES for c in stage.COMMANDS), *simulator_cli.COMMANDS, *auth.COMMANDS]:
     main.add_command(_command)
 for _command in [c for stage in _STAGES if stage is not dashboards_cli for c in stage.BENCHMARKS]:
     bench.add_command(_command)

@@ -27,7 +27,7 @@ from simulator.run import run as run_simulation
 from simulator.scenario import DEFAULT_SCENARIO, ScenarioError, load_scenario
 
 __all__ = ["ScenarioError", "run_demo"]
-from stocktrace import service
+from stocktrace import auth, service
 from stocktrace.settings import Settings, load_settings
 
 _EVERY_S = 2.0
@@ -43,6 +43,14 @@ class Snapshot:
     devices: int
     items_present: int | None
     alerts_firing: int | None
+
+
+def demo_key(settings: Settings) -> str | None:
+    """A fresh admin key named "demo" (the previous one is revoked), or None when the API asks for no key."""
+    if not settings.api_auth:
+        return None
+    with psycopg.connect(settings.database_url) as conn:
+        return auth.replace_key(conn, "demo", auth.Role.ADMIN).key
 
 
 def register(settings: Settings, scenario_path: Path | None) -> tuple[str, int]:
@@ -132,8 +140,12 @@ async def run_demo(scenario_path: Path | None, workers: int, echo: Callable[[str
         stop.set()
         await serving
         raise RuntimeError(f"the service did not become ready; check {url}/readyz")
+    key = demo_key(settings)
+    header = f"-H 'Authorization: Bearer {key}' " if key else ""
     echo(
         f"\nstocktrace is running.\n"
+        f"  API key      {key or 'not needed (STOCKTRACE_API_AUTH=false)'}\n"
+        f"  try          curl {header}{url}/api/v1/devices\n"
         f"  API          {url}/docs\n"
         f"  live counts  {url}/api/v1/ingest/stats\n"
         f"  devices      {url}/api/v1/devices\n"

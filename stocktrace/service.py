@@ -29,6 +29,7 @@ from ingest.consumer import BatchPolicy, Consumer, shared
 from ingest.routes import Router
 from ingest.writer import Step, Writer
 from stocktrace.app import create_app
+from stocktrace.logs import configure_logging
 from stocktrace.retention import RetentionPlan, keep_bounded
 from stocktrace.settings import Settings, broker_options, load_settings
 from tracking import resolver
@@ -80,10 +81,8 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 def worker_main(index: int) -> None:
     """Entry point of a worker process."""
-    logging.basicConfig(
-        level=load_settings().log_level,
-        format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s",
-    )
+    settings = load_settings()
+    configure_logging(settings.log_level, settings)
     asyncio.run(_run_worker(index))
 
 

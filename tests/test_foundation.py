@@ -66,11 +66,13 @@ def test_the_apache_edition_drops_expired_chunks_itself(dsn, db) -> None:
 
 
 @pytest.fixture
-def client(dsn, monkeypatch):
+def client(dsn, db, monkeypatch):
     monkeypatch.setenv("STOCKTRACE_DATABASE_URL", dsn)
     from stocktrace.app import create_app
+    from stocktrace.auth import Role, create_key
 
-    with TestClient(create_app(load_settings())) as test_client:
+    key = create_key(db, "foundation-tests", Role.ADMIN).key
+    with TestClient(create_app(load_settings()), headers={"Authorization": f"Bearer {key}"}) as test_client:
         yield test_client
 
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from stocktrace.app import create_app
 from stocktrace.auth import RULES, Role, keys, replace_key, required_role
-from stocktrace.settings import Settings
+from stocktrace.settings import load_settings
 
 SITE = {"id": "dc-1", "name": "Berlin DC", "timezone": "Europe/Berlin"}
 BOOK = "gtin,location_id,quantity\n09506000134352,dc-1,3\n"
@@ -151,27 +151,15 @@ def test_the_cli_refuses_a_duplicate_name(dsn, db) -> None:
     assert "a key named 'ops' exists" in again.output
 
 
-class DemoSettings(Settings):
-    """STOCKTRACE_API_AUTH=false."""
-
-    api_auth: bool = False
-
-
 def test_authentication_can_be_turned_off_for_a_demo_and_changes_are_still_attributed(dsn, db) -> None:
-    with TestClient(create_app(DemoSettings.model_validate({"database_url": dsn}))) as client:
+    with TestClient(create_app(load_settings(database_url=dsn, api_auth=False))) as client:
         assert client.put("/api/v1/sites/dc-1", json=SITE).status_code == 201
     assert db.execute("select actor from audit_log where table_name = 'locations'").fetchone() == ("anonymous",)
 
 
-class PrivateMetrics(Settings):
-    """STOCKTRACE_METRICS_AUTH=true."""
-
-    metrics_auth: bool = True
-
-
 def test_metrics_can_be_put_behind_a_key(dsn, db, key_of) -> None:
     viewer = key_of(Role.VIEWER)
-    with TestClient(create_app(PrivateMetrics.model_validate({"database_url": dsn}))) as client:
+    with TestClient(create_app(load_settings(database_url=dsn, metrics_auth=True))) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers=viewer).status_code == 200
         assert client.get("/healthz").status_code == 200

@@ -90,8 +90,9 @@ def test_every_operation_keeps_its_contract(app: FastAPI, admin: dict[str, str])
     failed = []
     with TestClient(app) as client:
         api_schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json())
+        # The API's operations; /readyz, /healthz and /metrics are the operators' and answer 503 by design.
         operations = [result.ok() for result in api_schema.get_all_operations()]  # type: ignore[union-attr]  # an invalid document fails here
         assert len(operations) > 40
-        for operation in operations:
+        for operation in (o for o in operations if o.path.startswith("/api/v1/")):
             failed += [f"{operation.label}: {failure}" for failure in _fuzz(client, operation, admin)[:1]]
     assert not failed, "\n\n".join(failed)

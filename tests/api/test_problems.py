@@ -14,7 +14,7 @@ from starlette.types import Message
 
 from stocktrace.app import create_app
 from stocktrace.problems import MEDIA_TYPE, BodyLimit, ErrorBoundary
-from stocktrace.settings import Settings
+from stocktrace.settings import load_settings
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "request_id"}
 
@@ -72,14 +72,10 @@ def test_malformed_json_is_a_validation_problem(client, admin) -> None:
     assert _problem(response, 422)["errors"][0]["type"] == "json_invalid"
 
 
-class SmallBodies(Settings):
-    api_max_body_bytes: int = 1000
-
-
 @pytest.fixture
 def small_client(dsn: str, db) -> Iterator[TestClient]:
-    """The API with STOCKTRACE_API_MAX_BODY_BYTES=1000."""
-    with TestClient(create_app(SmallBodies.model_validate({"database_url": dsn}))) as test_client:
+    """The API with STOCKTRACE_API_MAX_BODY_BYTES=1024, the least it takes."""
+    with TestClient(create_app(load_settings(database_url=dsn, api_max_body_bytes=1024))) as test_client:
         yield test_client
 
 
@@ -92,10 +88,10 @@ def test_a_declared_oversized_body_is_refused_before_it_is_read(small_client, ad
     response = small_client.post(
         "/api/v1/inventory/book",
         content=never_read(),
-        headers={**admin, "content-type": "text/csv", "content-length": "1001"},
+        headers={**admin, "content-type": "text/csv", "content-length": "1025"},
     )
     body = _problem(response, 413)
-    assert body["detail"] == "the request body is larger than 1000 bytes, the most this API accepts"
+    assert body["detail"] == "the request body is larger than 1024 bytes, the most this API accepts"
 
 
 def test_a_body_within_the_limit_is_taken(small_client, admin) -> None:
