@@ -20,6 +20,14 @@ Conn = psycopg.Connection[Any]
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """Health is judged against the database's now(): each test's "now" must be taken when it runs, not when
+    the module was imported minutes earlier in a long suite (a reader's timeout is 60 s)."""
+    global NOW  # the tests read NOW as a module constant
+    NOW = datetime.now(UTC)
+
+
 @pytest.fixture
 def api(dsn: str, db: Conn) -> Iterator[Api]:
     with api_client(dsn) as client:
