@@ -92,7 +92,7 @@ def snapshot(conn: psycopg.Connection[tuple[object, ...]]) -> Snapshot:
 def describe(before: Snapshot, now: Snapshot) -> str:
     elapsed = max(now.at - before.at, 1e-6)
     parts = [
-        f"{(now.messages - before.messages) / elapsed:7,.0f} msg/s",
+        f"{(now.messages + now.dead_letters - before.messages - before.dead_letters) / elapsed:7,.0f} msg/s",
         f"{(now.reads - before.reads) / elapsed:7,.0f} reads/s",
         f"devices online {now.devices_online}/{now.devices}",
         f"dead letters {now.dead_letters}",
@@ -128,8 +128,12 @@ async def _report(settings: Settings, stop: asyncio.Event, echo: Callable[[str],
 
 async def run_demo(scenario_path: Path | None, workers: int, echo: Callable[[str], None]) -> None:
     routes, created = register(load_settings(), scenario_path)
-    # Workers are processes that read their settings from the environment.
+    # Workers are processes that read their settings from the environment. The demo's MQTT session is its own
+    # and short-lived, so that it neither inherits a production session's backlog nor keeps one after it ends.
     os.environ["STOCKTRACE_ROUTES"] = routes
+    os.environ.setdefault("STOCKTRACE_MQTT_CLIENT_ID", "stocktrace-demo")
+    os.environ.setdefault("STOCKTRACE_MQTT_SHARE_GROUP", "stocktrace-demo")
+    os.environ.setdefault("STOCKTRACE_MQTT_SESSION_EXPIRY_S", "300")
     settings = load_settings()
     echo(f"registered the demo warehouse ({created} new objects); routes: {routes}")
     url = f"http://{settings.api_host}:{settings.api_port}"

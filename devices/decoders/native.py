@@ -53,6 +53,8 @@ def _load(payload: bytes) -> Any:
         return msgspec.json.decode(payload)
     except msgspec.DecodeError as exc:
         raise DecodeError(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." thousands deep: hostile, or broken beyond reading
+        raise DecodeError("payload is JSON nested too deeply to read") from None
 
 
 class _Read(msgspec.Struct, forbid_unknown_fields=True):

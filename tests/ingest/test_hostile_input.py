@@ -56,6 +56,8 @@ def test_ten_thousand_hostile_payloads_are_all_dead_lettered(dsn, db, mqtt_addre
     asyncio.run(scenario())
     assert db.execute("select count(*) from dead_letters where topic = %s", (topic,)).fetchone() == (10_000,)
     assert db.execute("select count(*) from dead_letters where error = ''").fetchone() == (0,)
+    # Every one is refused with a reason, not by a decoder failing on it.
+    assert db.execute("select count(*) from dead_letters where error like 'decoder failed%'").fetchone() == (0,)
     oversized = db.execute(
         "select count(*), max(length(payload)) from dead_letters where error like '%exceeds the limit%'"
     ).fetchone()
