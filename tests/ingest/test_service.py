@@ -46,6 +46,8 @@ class Service:
             "STOCKTRACE_MQTT_TOPICS": f"stocktrace/{prefix}-dev/reads",
             "STOCKTRACE_API_PORT": str(self.port),
             "STOCKTRACE_BATCH_MAX_MESSAGES": "500",
+            # Long enough to survive the restarts under test, short enough not to linger on the broker after.
+            "STOCKTRACE_MQTT_SESSION_EXPIRY_S": "300",
         }
         self.process: subprocess.Popen[bytes] | None = None
 
