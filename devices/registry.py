@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, Literal, LiteralString, Self, TypeAlias, TypeVar
+from typing import Any, Final, Literal, LiteralString, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from devices import plans
 from devices.decoders import DECODERS
+from devices.plans import Plan as Plan
+from devices.plans import Row as Row
+from devices.plans import Statement as Statement
+from devices.plans import T
 
 # ----------------------------------------------------------------------------------------------------
 # Models
@@ -355,46 +359,15 @@ def changed_fields(old: BaseModel | None, new: BaseModel) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------------------------
 # Plans and their drivers
 
-T = TypeVar("T")
-Row: TypeAlias = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Statement:
-    sql: LiteralString
-    params: Sequence[Any] | Mapping[str, Any] = ()
-
-
-Plan: TypeAlias = Generator[Statement, list[Row], T]
-"""A database operation written once: yields statements, receives each one's rows, returns its result."""
-
 
 def run(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
     """Carry out a plan on a sync connection; the caller owns the transaction."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        try:
-            statement = next(plan)
-            while True:
-                cur.execute(statement.sql, statement.params)
-                statement = plan.send(cur.fetchall() if cur.description else [])
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any; the plan's T
-        except psycopg.errors.IntegrityError as exc:
-            raise _integrity_error(exc) from exc
+    return plans.run(conn, plan, _integrity_error)
 
 
 async def arun(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
     """Carry out a plan on an async connection; the caller owns the transaction."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        try:
-            statement = next(plan)
-            while True:
-                await cur.execute(statement.sql, statement.params)
-                statement = plan.send(await cur.fetchall() if cur.description else [])
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any; the plan's T
-        except psycopg.errors.IntegrityError as exc:
-            raise _integrity_error(exc) from exc
+    return await plans.arun(conn, plan, _integrity_error)
 
 
 def _integrity_error(exc: psycopg.errors.IntegrityError) -> RegistryError:
