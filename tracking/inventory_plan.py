@@ -1,8 +1,8 @@
 """Database access for inventory and conditions, written once as *plans*.
 
 Plans and their drivers are `devices.plans`, shared with the device registry: `run` carries a plan out on a
-sync connection (scripts, tests, the alert evaluator), `arun` on an async one (the API). The errors here are the refusals a caller can act on; the API maps them to
-404, 409 and 422.
+sync connection (scripts, tests, the alert evaluator), `arun` on an async one (the API). The errors here are
+the refusals a caller can act on; the API maps them to 404, 409 and 422.
 """
 
 from __future__ import annotations
