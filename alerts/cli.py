@@ -20,19 +20,10 @@ import psycopg
 from alerts import evaluator, rules_bench
 from alerts.evaluator import Evaluator, TickReport
 from alerts.rules_config import PRESETS, RULES_FILE_ENV, RulesConfig, RulesError, load_rules
+from devices.options import database_option
 from stocktrace import db
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _database_option(function: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="STOCKTRACE_DATABASE_URL",
-        default="postgresql:///stocktrace",
-        show_default=True,
-        help="libpq URL of the database [env: STOCKTRACE_DATABASE_URL]",
-    )(function)
 
 
 def _rules_option(function: F) -> F:
@@ -83,7 +74,7 @@ def check(path: Path | None) -> None:
 
 
 @rules.command("evaluate")
-@_database_option
+@database_option
 @_rules_option
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between ticks.")
 @click.option("--once", is_flag=True, help="One tick now, then exit (prints each change).")
@@ -131,7 +122,7 @@ def _print_tick(report: TickReport) -> None:
 
 
 @click.command("alerts")
-@_database_option
+@database_option
 @click.option("--rooms", default=1_000, show_default=True, help="Cold rooms with a sensor each.")
 @click.option("--shelves", default=100, show_default=True, help="Shelves, each read by an antenna.")
 @click.option("--skus", default=100, show_default=True, help="SKUs on every shelf (pairs = shelves x SKUs).")

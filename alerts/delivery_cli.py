@@ -14,19 +14,10 @@ import psycopg
 
 from alerts import delivery, delivery_bench
 from alerts.routes import ROUTES_FILE_ENV, RoutesConfig, RoutesError, destinations
+from devices.options import database_option
 from stocktrace import db
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _database_option(function: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="STOCKTRACE_DATABASE_URL",
-        default="postgresql:///stocktrace",
-        show_default=True,
-        help="libpq URL of the database [env: STOCKTRACE_DATABASE_URL]",
-    )(function)
 
 
 def _routes_option(function: F) -> F:
@@ -53,7 +44,7 @@ def delivery_group() -> None:
 
 
 @delivery_group.command("run")
-@_database_option
+@database_option
 @_routes_option
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel sends.")
 def run(database_url: str, routes_file: Path, concurrency: int) -> None:
@@ -101,7 +92,7 @@ def check(routes_file: Path, labels: tuple[str, ...]) -> None:
 
 
 @click.command("delivery")
-@_database_option
+@database_option
 @click.option("--deliveries", "-n", default=2_000, show_default=True, help="Deliveries in the throughput run.")
 @click.option("--receivers", default=4, show_default=True, help="Receivers (lanes) they are spread over.")
 @click.option("--concurrency", default=4, show_default=True, help="Worker slots.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -14,20 +14,10 @@ import click
 import psycopg
 
 from devices import health, manifest, mosquitto, registry
+from devices.options import database_option
 from devices.registry import DeviceKind, Plan
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _database_option(function: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="STOCKTRACE_DATABASE_URL",
-        default="postgresql:///stocktrace",
-        show_default=True,
-        help="libpq URL of the database [env: STOCKTRACE_DATABASE_URL]",
-    )(function)
 
 
 @contextmanager
@@ -52,7 +42,7 @@ def _run(database_url: str, plan: Plan[T]) -> T:
 @click.option("-f", "--filename", "source", type=click.File("r"), required=True, help="Manifest file, or - for stdin")
 @click.option("--dry-run", is_flag=True, help="Report what would change and change nothing")
 @click.option("--prune", is_flag=True, help="Also delete sites, locations and devices the file does not declare")
-@_database_option
+@database_option
 def apply_command(source: IO[str], dry_run: bool, prune: bool, database_url: str) -> None:
     """Make the device registry match a manifest: create and update sites, locations and devices.
 
@@ -94,7 +84,7 @@ def devices_group() -> None:
     help="Only devices in this state; unassigned: publishing but not registered, or parked",
 )
 @click.option("--kind", type=click.Choice([kind.value for kind in DeviceKind]))
-@_database_option
+@database_option
 def list_command(status: health.StatusFilter | None, kind: str | None, database_url: str) -> None:
     """List registered and publishing devices with their state.
 
@@ -142,7 +132,7 @@ def _user_password(_: click.Context, __: click.Parameter, values: tuple[str, ...
     help="Set a device's password instead of generating one (repeatable)",
 )  # fmt: skip
 @click.option("--rotate", multiple=True, metavar="USER", help="Issue a new password for this user (repeatable)")
-@_database_option
+@database_option
 def mosquitto_command(
     password_file: Path,
     acl_file: Path,

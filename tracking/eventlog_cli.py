@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 import psycopg
 
+from devices.options import database_option
 from stocktrace import db
 from tracking import eventlog, eventlog_bench
 from tracking.eventlog import Anchor, Engine, Report
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 # Exit codes: 0 the chain is intact, 1 it is not, 2 it could not be checked.
 _CANNOT_CHECK = 2
-
-
-def _database_option(function: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="STOCKTRACE_DATABASE_URL",
-        default="postgresql:///stocktrace",
-        show_default=True,
-        help="libpq URL of the database [env: STOCKTRACE_DATABASE_URL]",
-    )(function)
 
 
 class _CannotCheck(click.ClickException):
@@ -42,7 +29,7 @@ def _anchor(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 
 
 @click.command("verify")
-@_database_option
+@database_option
 @click.option(
     "--from", "from_seq", type=click.IntRange(min=1), default=1, show_default=True, help="First seq to check."
 )
@@ -128,7 +115,7 @@ def _print_report(report: Report) -> None:
 
 
 @click.command("eventlog")
-@_database_option
+@database_option
 @click.option("--events", default=4_000, show_default=True, help="Events per append run.")
 @click.option("--clients", default=4, show_default=True, help="Concurrent appending connections.")
 @click.option("--batch", default=500, show_default=True, help="Events per transaction in the batched runs.")
