@@ -48,12 +48,12 @@ ensure_timescaledb() {
         local work; work=$(mktemp -d)
         say "building TimescaleDB for PostgreSQL $v in $work"
         (cd "$work" && apt-get source -qq --download-only timescaledb >/dev/null 2>&1 \
-            && dpkg-source -x ./*.dsc src >/dev/null \
+            && dpkg-source -x ./*.dsc src >build.log 2>&1 \
             && cmake -S src -B src/build -DCMAKE_BUILD_TYPE=Release -DPG_CONFIG="$pgc" \
                 -DAPACHE_ONLY=1 -DUSE_TELEMETRY=OFF -DSEND_TELEMETRY_DEFAULT=OFF \
-                -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF >build.log \
-            && make -C src/build -j"$(nproc)" >>build.log \
-            && $sudo make -C src/build install >>build.log) \
+                -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF >>build.log 2>&1 \
+            && make -C src/build -j"$(nproc)" >>build.log 2>&1 \
+            && $sudo make -C src/build install >>build.log 2>&1) \
             || { echo "TimescaleDB build failed; see $work/build.log" >&2; exit 1; }
         rm -rf "$work"
     fi
