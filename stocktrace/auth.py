@@ -96,6 +96,7 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(frozenset({"POST"}), "/api/v1/inventory/consumption/refresh", Role.OPERATOR),
     Rule(frozenset({"PUT"}), "/api/v1/items/{epc}/lot", Role.OPERATOR),
     Rule(frozenset({"POST"}), "/api/v1/containers/{sscc}/contents", Role.OPERATOR),
+    Rule(frozenset({"POST"}), "/api/v1/epcis/capture", Role.OPERATOR),
     Rule(WRITE, "/api/v1/silences", Role.OPERATOR),
     Rule(frozenset({"POST", "DELETE"}), "/api/v1/alerts/{fingerprint}/ack", Role.OPERATOR),
     Rule(frozenset({"POST"}), "/api/v1/deliveries/{delivery_id}/retry", Role.OPERATOR),

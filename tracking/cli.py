@@ -8,7 +8,7 @@ import click
 import psycopg
 
 from stocktrace import db
-from tracking import bench
+from tracking import bench, epcis_cli
 from tracking.bench import QueryBench, Timing
 
 
@@ -83,7 +83,8 @@ def _table(result: QueryBench) -> str:
     ])  # fmt: skip
 
 
-COMMANDS: list[click.Command] = []
+COMMANDS: list[click.Command] = [*epcis_cli.COMMANDS]
 BENCHMARKS: list[click.Command] = [
     bench_tracking_queries,
+    *epcis_cli.BENCHMARKS,
 ]

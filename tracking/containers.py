@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal, TypeAlias
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from tracking import identity
 from tracking.policy import TRAVEL_TOGETHER_S
@@ -68,12 +67,6 @@ insert into container_changes (at, container_epc, item_epc, action, source)
 select %(at)s, %(container)s, item_epc, 'delete', %(source)s from removed
 returning 'DELETE', container_epc, item_epc
 """
-# The traceability log (migration 0220) takes aggregation events through this function, when it is installed.
-_LOG: Final = """
-select event_log_append('aggregation', %(container)s, %(at)s, jsonb_strip_nulls(jsonb_build_object(
-    'action', %(action)s::text, 'children', %(children)s::jsonb,
-    'location', (select location_id from item_state where epc = %(container)s))))
-"""
 _PREVIOUS_ARRIVALS: Final = """
 select distinct on (epc) epc, at from location_events
 where epc = any(%(epcs)s) and to_location = %(location)s and at <= %(before)s
@@ -106,8 +99,7 @@ async def associate(conn: Conn, container: str, items: Sequence[str], at: dateti
         return
     await ensure_items(conn, [container, *items], at)
     params = {"container": container, "items": sorted(set(items)), "at": at, "source": source}
-    cursor = await conn.execute(_ASSOCIATE, params)
-    await _log(conn, await cursor.fetchall(), at)
+    await conn.execute(_ASSOCIATE, params)
     await conn.execute(
         "update item_state set container_epc = %(container)s, updated_at = now()"
         " where epc = any(%(items)s) and container_epc is distinct from %(container)s",
@@ -118,25 +110,9 @@ async def associate(conn: Conn, container: str, items: Sequence[str], at: dateti
 async def dissociate(conn: Conn, container: str, items: Sequence[str], at: datetime, source: Source) -> None:
     """Take items out of a container; they stay where they are until their own reads say otherwise."""
     if items:
-        cursor = await conn.execute(
+        await conn.execute(
             _DISSOCIATE, {"container": container, "items": sorted(set(items)), "at": at, "source": source}
         )
-        await _log(conn, await cursor.fetchall(), at)
-
-
-async def _log(conn: Conn, changes: Sequence[tuple[Any, ...]], at: datetime) -> None:
-    """One aggregation entry per container and action in the event log (for the EPCIS AggregationEvent)."""
-    if not changes:
-        return
-    cursor = await conn.execute("select to_regprocedure('event_log_append(text,text,timestamptz,jsonb)')")
-    row = await cursor.fetchone()
-    if row is None or row[0] is None:
-        return
-    children: dict[tuple[str, str], list[str]] = {}
-    for action, container, item in changes:
-        children.setdefault((container, action), []).append(item)
-    for (container, action), items in sorted(children.items()):
-        await conn.execute(_LOG, {"container": container, "at": at, "action": action, "children": Jsonb(items)})
 
 
 async def infer(conn: Conn, moves: Sequence[Move]) -> int:

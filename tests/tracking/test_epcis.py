@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,12 +17,12 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from fastapi import FastAPI
 
 from stocktrace.db import create_pool
-from tracking import epcis, eventlog
+from tracking import epcis, epcis_schema, eventlog
 from tracking.epcis import Identifiers, LogEntry, NotExportableError, Place
 from tracking.epcis_api import router
 
 Conn = psycopg.Connection[Any]
-SCHEMA = Path(__file__).parent.parent / "data" / "EPCIS-JSON-Schema.json"
+SCHEMA = epcis_schema.SCHEMA_PATH  # GS1's schema, shipped beside tracking/epcis_schema.py
 API = "https://stock.example.com/api/v1"
 AT = datetime(2025, 7, 1, 6, 30, tzinfo=UTC)  # summer: Europe/Berlin is +02:00
 ITEM = "3074257BF7194E4000001A85"  # TDS Appendix E example: urn:epc:id:sgtin:0614141.812345.6789
