@@ -1,4 +1,5 @@
-"""HTTP endpoints of alert delivery: what was owed to whom, every attempt, and retrying what failed."""
+"""HTTP endpoints of alert delivery: what was owed to whom, every attempt, retrying what failed, and the alert
+groups whose next message is waiting."""
 
 from __future__ import annotations
 
@@ -64,6 +65,53 @@ _COLUMNS = """
     id, receiver, seq, kind, state, status, group_key, fingerprints, idempotency_key::text as idempotency_key,
     created_at, due_at, attempts, last_status_code, last_error, sent_at, failed_at
 """
+
+
+class AlertGroup(BaseModel):
+    receiver: str
+    group_key: str = Field(description="Alertmanager's groupKey: the route and the group labels")
+    group_labels: dict[str, str]
+    alerts: int = Field(description="Alerts in the group: firing, or resolved and not yet told")
+    waiting: int = Field(description="Alerts whose change is not yet sent; they go out at flush_at")
+    flush_at: datetime | None = Field(
+        description="When the group's next message is due (group_wait, group_interval or a repeat); null: none"
+    )
+    notified_at: datetime | None = Field(description="When the group's last message was made")
+
+
+@router.get(
+    "/alert-groups",
+    response_model=list[AlertGroup],
+    summary="Alert groups, the next due first",
+    description=(
+        "The groups of the routes file (group_by, group_wait, group_interval, repeat_interval): which alerts each "
+        "receiver is told about together, and when each group's next message is made. A message, once made, is "
+        "a delivery (GET /deliveries)."
+    ),
+)
+async def list_alert_groups(
+    pool: Pool,
+    receiver: Annotated[str | None, Query(max_length=200)] = None,
+    due: Annotated[bool, Query(description="Only groups with a message due")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AlertGroup]:
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(
+            """
+            select g.receiver, g.group_key, g.group_labels, count(m.fingerprint) as alerts,
+                   count(m.fingerprint) filter (where m.changed) as waiting, g.flush_at, g.notified_at
+            from alert_groups g
+            left join alert_group_alerts m on m.receiver = g.receiver and m.group_key = g.group_key
+            where (%(receiver)s::text is null or g.receiver = %(receiver)s)
+              and (not %(due)s or g.flush_at is not null)
+            group by g.receiver, g.group_key
+            order by g.flush_at nulls last, g.receiver, g.group_key
+            limit %(limit)s
+            """,
+            {"receiver": receiver, "due": due, "limit": limit},
+        )
+        return [AlertGroup(**row) for row in await cursor.fetchall()]
 
 
 @router.get("/deliveries", response_model=list[Delivery], summary="Alert deliveries, newest first")

@@ -20,6 +20,11 @@ which only widens that window to a database crash: what was enqueued is always c
 
 Enqueue sends a NOTIFY on commit; the worker LISTENs, so a delivery usually leaves within milliseconds of its
 commit. Polling every ``poll_s`` covers lost notifications and backoffs coming due.
+
+Alert groups that wait (a route's group_wait or group_interval, alerts/groups.py) are flushed here: one task
+sleeps until the next group is due (or a NOTIFY says one was scheduled sooner), then turns each due group into
+its deliveries in a transaction of its own, with the group locked ``FOR UPDATE SKIP LOCKED``, so two workers
+never make the same message twice and a worker that dies mid-flush leaves the group due as it was.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from prometheus_client import Counter, Histogram
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from alerts import groups, outbox
 from alerts.outbox import NOTIFY_CHANNEL
 from alerts.routes import DeliveryPolicy, RoutesConfig, load_routes
 from alerts.sinks import Message, Receipt, RetryableSinkError, Sink, SinkError, build_sink
@@ -279,11 +285,13 @@ async def run(
 ) -> None:
     """Deliver until ``stop`` is set; a delivery being sent when it is set is finished and recorded first."""
     wake = Doorbell(concurrency)
+    scheduled = asyncio.Event()
     async with httpx.AsyncClient(follow_redirects=False) as client:
         dispatcher = Dispatcher(config, client, clock, rng or random.Random())
         background = [
-            asyncio.create_task(_listen(dsn, wake, stop)),
+            asyncio.create_task(_listen(dsn, wake, scheduled, stop)),
             asyncio.create_task(_clean_up(dsn, stop, config.delivery, clock)),
+            asyncio.create_task(_flush_groups(dsn, config, wake, scheduled, stop, clock, poll_s)),
         ]
         slots = [asyncio.create_task(_slot(dsn, dispatcher, wake, stop, poll_s)) for _ in range(concurrency)]
         try:
@@ -311,18 +319,57 @@ async def _slot(dsn: str, dispatcher: Dispatcher, wake: Doorbell, stop: asyncio.
             await _sleep_unless(stop, _RECONNECT_DELAY_S)
 
 
-async def _listen(dsn: str, wake: Doorbell, stop: asyncio.Event) -> None:
+async def _listen(dsn: str, wake: Doorbell, scheduled: asyncio.Event, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             async with await _connect(dsn) as conn:
                 await conn.execute(f"listen {NOTIFY_CHANNEL}")
                 wake.ring_all()  # whatever was enqueued while nobody listened
+                scheduled.set()
                 while not stop.is_set():
                     async for _ in conn.notifies(timeout=0.5):
                         wake.ring()
+                        scheduled.set()
         except psycopg.Error as exc:
             log.warning("delivery worker cannot listen for new deliveries: %s", str(exc).strip()[:200])
             await _sleep_unless(stop, _RECONNECT_DELAY_S)
+
+
+async def _flush_groups(
+    dsn: str, config: RoutesConfig, wake: Doorbell, scheduled: asyncio.Event, stop: asyncio.Event, clock: Clock,
+    poll_s: float,
+) -> None:  # fmt: skip
+    """Make the deliveries of alert groups as they come due; sleep until the next one (at most ``poll_s``, which
+    also covers a clock that is not the wall's, as in tests)."""
+    receivers = [receiver.name for receiver in config.receivers]
+    while not stop.is_set():
+        try:
+            # Committed synchronously, as enqueue's are: a message lost in a database crash after it was sent
+            # would be made again under a new idempotency key.
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, application_name=APPLICATION_NAME
+            ) as conn:
+                while not stop.is_set():
+                    scheduled.clear()
+                    while (made := await outbox.flush_due(conn, config, clock())) is not None:
+                        for _ in range(made):
+                            wake.ring()
+                    next_at = await groups.next_due(conn, receivers)
+                    delay = poll_s if next_at is None else (next_at - clock()).total_seconds()
+                    await _wait_for(scheduled, stop, min(poll_s, max(0.0, delay)))
+        except psycopg.Error as exc:
+            log.warning("delivery worker cannot flush alert groups: %s; reconnecting", str(exc).strip()[:200])
+            await _sleep_unless(stop, _RECONNECT_DELAY_S)
+
+
+async def _wait_for(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` or ``stop`` is set, or ``seconds`` have passed."""
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _clean_up(dsn: str, stop: asyncio.Event, policy: DeliveryPolicy, clock: Clock) -> None:

@@ -68,10 +68,10 @@ class BenchResult:
 
 
 def run_benchmark(config: BenchConfig, progress: Progress) -> BenchResult:
-    with _receiver_process() as url:
+    with receiver_process() as url:
         progress(f"baseline: {config.deliveries:,} synchronous httpx POSTs to a local receiver ...")
         posts_per_s, baseline_ms = _baseline(url, config)
-        progress(f"  {posts_per_s:,.0f} POST/s, p50 {_pct(baseline_ms, 50):.2f} ms")
+        progress(f"  {posts_per_s:,.0f} POST/s, p50 {percentile(baseline_ms, 50):.2f} ms")
         return asyncio.run(_outbox_runs(config, url, posts_per_s, baseline_ms, progress))
 
 
@@ -79,11 +79,11 @@ async def _outbox_runs(
     config: BenchConfig, url: str, posts_per_s: float, baseline_ms: list[float], progress: Progress
 ) -> BenchResult:
     async with httpx.AsyncClient(base_url=url, timeout=30) as control:
-        return await _outbox_measures(config, _Receiver(url, control), posts_per_s, baseline_ms, progress)
+        return await _outbox_measures(config, ReceiverControl(url, control), posts_per_s, baseline_ms, progress)
 
 
 async def _outbox_measures(
-    config: BenchConfig, receiver: _Receiver, posts_per_s: float, baseline_ms: list[float], progress: Progress
+    config: BenchConfig, receiver: ReceiverControl, posts_per_s: float, baseline_ms: list[float], progress: Progress
 ) -> BenchResult:
     routes = _routes(receiver.url, config.receivers)
     progress(
@@ -95,11 +95,11 @@ async def _outbox_measures(
     progress(f"  {deliveries_per_s:,.0f} deliveries/s")
     progress(f"latency: {config.rate:g} changes/s for {config.latency_seconds:g} s while the worker runs ...")
     latencies = await _latency(config, routes, receiver)
-    progress(f"  p50 {_pct(latencies, 50):.1f} ms, p99 {_pct(latencies, 99):.1f} ms")
+    progress(f"  p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms")
     return BenchResult(
         config.deliveries, config.receivers, config.concurrency, deliveries_per_s, posts_per_s, enqueue_per_s,
-        config.rate, _pct(latencies, 50), _pct(latencies, 99), max(latencies), _pct(baseline_ms, 50),
-        _pct(baseline_ms, 99),
+        config.rate, percentile(latencies, 50), percentile(latencies, 99), max(latencies), percentile(baseline_ms, 50),
+        percentile(baseline_ms, 99),
     )  # fmt: skip
 
 
@@ -128,7 +128,7 @@ async def _enqueue_all(config: BenchConfig, routes: RoutesConfig) -> float:
     return config.deliveries / (time.perf_counter() - started)
 
 
-async def _drain(config: BenchConfig, routes: RoutesConfig, receiver: _Receiver) -> float:
+async def _drain(config: BenchConfig, routes: RoutesConfig, receiver: ReceiverControl) -> float:
     await receiver.reset()
     stop = asyncio.Event()
     started = time.perf_counter()
@@ -142,7 +142,7 @@ async def _drain(config: BenchConfig, routes: RoutesConfig, receiver: _Receiver)
     return config.deliveries / elapsed
 
 
-async def _latency(config: BenchConfig, routes: RoutesConfig, receiver: _Receiver) -> list[float]:
+async def _latency(config: BenchConfig, routes: RoutesConfig, receiver: ReceiverControl) -> list[float]:
     await receiver.reset()
     committed: dict[str, float] = {}
     stop = asyncio.Event()
@@ -186,7 +186,7 @@ def _baseline(url: str, config: BenchConfig) -> tuple[float, list[float]]:
     return config.deliveries / elapsed, [(received[subject] - at) * 1000 for subject, at in sent_at.items()]
 
 
-class _Receiver:
+class ReceiverControl:
     """The bench receiver's control endpoints: GET /_received (subject → time.time() it was read), GET /_count,
     DELETE /_received. One client for all calls: making an httpx client costs milliseconds of CPU."""
 
@@ -202,6 +202,13 @@ class _Receiver:
         received: dict[str, float] = response.json()
         return received
 
+    async def wait_for_subject(self, subject: str, timeout_s: float = 30.0) -> None:
+        for _ in range(int(timeout_s / 0.02)):
+            if subject in await self.received():
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"no delivery about {subject} arrived within {timeout_s:g} s")
+
     async def wait_for(self, count: int, timeout_s: float = 600.0) -> None:
         for _ in range(int(timeout_s / 0.05)):
             response = await self._control.get("/_count")
@@ -211,14 +218,14 @@ class _Receiver:
         raise TimeoutError(f"fewer than {count} deliveries arrived within {timeout_s:g} s")
 
 
-def _pct(values: list[float], percent: int) -> float:
+def percentile(values: list[float], percent: int) -> float:
     if len(values) < 2:
         return values[0] if values else 0.0
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1] if percent < 100 else max(values)
 
 
 @contextmanager
-def _receiver_process() -> Iterator[str]:
+def receiver_process() -> Iterator[str]:
     """A webhook receiver in a process of its own, so it does not share the worker's interpreter."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()

@@ -1,4 +1,4 @@
-"""Commands of alert delivery: ``stocktrace delivery run|check`` and ``stocktrace bench delivery``."""
+"""Commands of alert delivery: ``stocktrace delivery run|check``, ``stocktrace bench delivery|alert-latency``."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import asyncio
 import json
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 import psycopg
 
-from alerts import delivery, delivery_bench
-from alerts.routes import ROUTES_FILE_ENV, RoutesConfig, RoutesError, destinations
+from alerts import delivery, delivery_bench, latency_bench
+from alerts.routes import ROUTES_FILE_ENV, Grouping, RoutesConfig, RoutesError, destinations
 from devices.options import database_option
 from stocktrace import db
 
@@ -88,7 +90,18 @@ def check(routes_file: Path, labels: tuple[str, ...]) -> None:
     if labels:
         pairs = dict(label.partition("=")[::2] for label in labels)
         for found in destinations(config, pairs):
-            click.echo(f"-> {found.receiver} (route {found.route_key}, group by {', '.join(found.group_by)})")
+            click.echo(f"-> {found.receiver} (route {found.route_key}, {_pacing(found.grouping)})")
+
+
+def _pacing(grouping: Grouping) -> str:
+    def seconds(value: timedelta) -> str:
+        return f"{value.total_seconds():g}s"
+
+    repeat = seconds(grouping.repeat_interval) if grouping.repeat_interval is not None else "the rule's"
+    return (
+        f"group by {', '.join(grouping.group_by)}, wait {seconds(grouping.group_wait)},"
+        f" interval {seconds(grouping.group_interval)}, repeat {repeat}"
+    )
 
 
 @click.command("delivery")
@@ -141,5 +154,75 @@ def bench_delivery(
     )
 
 
+@click.command("alert-latency")
+@database_option
+@click.option(
+    "--mqtt-url", envvar="STOCKTRACE_MQTT_URL", default="mqtt://127.0.0.1:1883", show_default=True,
+    help="Broker to publish through (mqtt:// only) [env: STOCKTRACE_MQTT_URL]",
+)  # fmt: skip
+@click.option("--trials", "-n", default=40, show_default=True, type=click.IntRange(2, 1000), help="Readings timed.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Evaluator tick, s.")
+@click.option("--tick-only", is_flag=True, help="Do not wake the evaluator on new data: the tick alone.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def bench_alert_latency(
+    database_url: str, mqtt_url: str, trials: int, interval: float, tick_only: bool, as_json: bool
+) -> None:
+    """Reading → webhook: a breaching reading published over MQTT until its alert's webhook arrives.
+
+    The ingest consumer, the evaluator (every rule; no alarm delay for the breach) and the delivery worker run
+    in this process against the broker and a database of its own (<database>_bench_alert_latency, created for
+    the run and dropped after it); a local webhook receiver records arrival times. Baselines from the same
+    run: an MQTT publish → subscriber round trip, and delivery alone (outbox commit → webhook).
+
+    \b
+    Examples:
+      stocktrace bench alert-latency
+      stocktrace bench alert-latency --trials 100 --json
+      stocktrace bench alert-latency --tick-only     # what the evaluator's tick alone allows
+    """
+    broker = urlsplit(mqtt_url)
+    if broker.scheme != "mqtt":
+        raise click.BadParameter("the benchmark publishes over plain mqtt:// only", param_hint="--mqtt-url")
+    server = psycopg.conninfo.conninfo_to_dict(database_url)
+    name = f"{server.get('dbname') or 'stocktrace'}_bench_alert_latency"
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}"')
+    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    try:
+        db.migrate(url)
+        config = latency_bench.BenchConfig(
+            url, broker.hostname or "127.0.0.1", broker.port or 1883, trials, interval, tick_only
+        )
+        result = latency_bench.run_benchmark(config, lambda line: click.echo(line, err=as_json))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    _print_latency(result)
+
+
+def _print_latency(result: latency_bench.BenchResult) -> None:
+    woken = "woken by ingest" if result.woken_by_ingest else "on its tick only"
+    rows = [
+        ("reading → webhook", result.p50_ms, result.p99_ms),
+        ("  publish → committed", result.ingest_p50_ms, result.ingest_p99_ms),
+        ("  committed → webhook", result.after_commit_p50_ms, result.after_commit_p99_ms),
+        ("baseline: MQTT round trip", result.mqtt_p50_ms, result.mqtt_p99_ms),
+        ("baseline: delivery alone", result.delivery_p50_ms, result.delivery_p99_ms),
+    ]
+    click.echo(f"\n{'':<30}{'p50':>10}{'p99':>10}")
+    for label, p50, p99 in rows:
+        click.echo(f"{label:<30}{p50:>7.1f} ms{p99:>7.1f} ms")
+    click.echo(
+        f"{result.trials} trials, max {result.max_ms:.1f} ms; p99 is {result.p99_ms / result.mqtt_p99_ms:.0f} x the"
+        f" MQTT round trip's. Evaluator every {result.interval_s:g} s, {woken}: {result.ticks_per_s:.1f} ticks/s of"
+        f" {result.tick_mean_ms:.1f} ms, {result.evaluator_busy:.0%} of a core."
+    )
+
+
 COMMANDS: list[click.Command] = [delivery_group]
-BENCHMARKS: list[click.Command] = [bench_delivery]
+BENCHMARKS: list[click.Command] = [bench_delivery, bench_alert_latency]

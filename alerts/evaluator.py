@@ -14,7 +14,9 @@ transaction:
    changes to ``alerts.outbox.enqueue``, all in the same transaction.
 
 Pending timers are stored times (``fires_at``), not timers in memory, so a restart or a new leader carries on
-where the last one stopped. The clock is injected (``clock``): tests run timelines in virtual time.
+where the last one stopped. The clock is injected (``clock``): the wall clock by default, the devices' own time
+with ``alerts.clock.DeviceClock`` (``STOCKTRACE_ALERT_CLOCK=device``, for backlogs and accelerated
+simulations), and in tests a virtual clock that runs timelines.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any, Final
 import psycopg
 from prometheus_client import Counter, Gauge, Histogram
 
-from alerts import outbox
+from alerts import outbox, wakeup
+from alerts.clock import Clock, DeviceClock, utc_now
 from alerts.lifecycle import (
     STORED_COLUMNS,
     Dedup,
@@ -59,8 +62,6 @@ from alerts.silences import ACTIVE, from_row
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
 # Any 64-bit number unique to stocktrace's evaluator (the resolver's is 0x5E0C_7ACE_0200).
 LOCK_KEY: Final = 0x5E0C_7ACE_0300
 _RECONNECT_S: Final = 2.0
@@ -79,6 +80,7 @@ RULE_SECONDS: Final = Histogram(
 CHANGES: Final = Counter("stocktrace_alerts_changes", "Alert changes handed to delivery", ["state"])
 RULE_ERRORS: Final = Counter("stocktrace_alerts_rule_errors", "Rule runs that failed and were skipped", ["rule"])
 LEADER: Final = Gauge("stocktrace_alerts_evaluator_leader", "1 while this process holds the evaluator lock")
+_EPOCH: Final = datetime.fromtimestamp(0, UTC)
 
 
 def all_rules() -> list[Rule]:
@@ -94,10 +96,6 @@ def all_rules() -> list[Rule]:
         DwellRule(),
         ExpiryRule(),
     ]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +114,8 @@ class TickReport:
     runs: list[RuleRun]
     changes: list[AlertChange]
     alerts: list[Tracked] = field(default_factory=list)
+    skipped: str | None = None
+    """Why nothing was evaluated (the device clock has no reading yet); ``now`` is then the epoch."""
 
     @property
     def subjects(self) -> int:
@@ -131,7 +131,7 @@ class Evaluator:
         *,
         rules: Sequence[Rule] | None = None,
         enqueue: Enqueue | None = None,
-        clock: Clock = utc_now,
+        clock: Clock | DeviceClock = utc_now,
     ) -> None:
         self.config = config
         self.rules = list(rules) if rules is not None else all_rules()
@@ -139,13 +139,17 @@ class Evaluator:
         self.clock = clock
 
     async def tick(self, conn: Conn) -> TickReport:
-        """Evaluate the due rules at ``clock()`` and commit the outcome (conn is in autocommit mode)."""
-        now = self.clock()
+        """Evaluate the due rules at the clock's now and commit the outcome (conn is in autocommit mode)."""
         started = time.perf_counter()
+        on_device_time = isinstance(self.clock, DeviceClock)
+        now = await self.clock.now(conn) if isinstance(self.clock, DeviceClock) else self.clock()
+        if now is None:
+            return TickReport(_EPOCH, 0.0, [], [], skipped="no reading with a device time has been ingested yet")
         async with conn.transaction():
             due = await self._due(conn, now)
             names = [name for rule in due for name in rule.alertnames]
-            tick = Tick(now, self.config, await load_topology(conn), await _open_alerts(conn, names, now))
+            topology = await load_topology(conn)
+            tick = Tick(now, self.config, topology, await _open_alerts(conn, names, now), device_time=on_device_time)
             runs, findings = [], []
             for rule in due:
                 run, found = await self._evaluate(conn, rule, tick)
@@ -284,7 +288,7 @@ async def run(
     rules: RulesConfig,
     interval_s: float = 1.0,
     *,
-    clock: Clock = utc_now,
+    clock: Clock | DeviceClock = utc_now,
     enqueue: Enqueue | None = None,
     evaluator: Evaluator | None = None,
     on_tick: Callable[[TickReport], None] | None = None,
@@ -292,11 +296,13 @@ async def run(
     """Evaluate every ``interval_s`` while this process holds the lock; wait for it otherwise. Returns when
     ``stop`` is set."""
     evaluator = evaluator or Evaluator(rules, enqueue=enqueue, clock=clock)
+    if isinstance(evaluator.clock, DeviceClock):
+        log.info("alert rules judge the data on the device clock: now is the newest device time ingested")
     while not stop.is_set():
         try:
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5) as conn:
                 if await _lead(conn, stop, interval_s):
-                    await _evaluate(conn, evaluator, stop, interval_s, on_tick)
+                    await _evaluate(conn, evaluator, stop, interval_s, on_tick, dsn)
         except psycopg.Error as exc:
             LEADER.set(0)
             log.warning("alert evaluator lost its database connection (%s); retrying", str(exc).strip()[:200])
@@ -324,13 +330,15 @@ async def _lead(conn: Conn, stop: asyncio.Event, interval_s: float) -> bool:
 
 async def _evaluate(
     conn: Conn, evaluator: Evaluator, stop: asyncio.Event, interval_s: float,
-    on_tick: Callable[[TickReport], None] | None,
+    on_tick: Callable[[TickReport], None] | None, dsn: str,
 ) -> None:  # fmt: skip
-    while not stop.is_set():
-        report = await evaluator.tick(conn)
-        if on_tick is not None:
-            on_tick(report)
-        await _wait(stop, max(0.0, interval_s - report.duration_ms / 1000))
+    # Newly stored telemetry or device status cuts the wait short (alerts/wakeup.py).
+    async with wakeup.listening(dsn, stop) as news:
+        while not stop.is_set():
+            report = await evaluator.tick(conn)
+            if on_tick is not None:
+                on_tick(report)
+            await news.wait(stop, max(0.0, interval_s - report.duration_ms / 1000))
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -2,8 +2,10 @@
 
 The evaluator calls ``enqueue`` inside the transaction that records its alert changes, so the change and what
 is owed to each receiver commit together or not at all; the delivery worker (alerts/delivery.py) sends them
-afterwards. Each change is routed (alerts/routes.py), grouped per receiver and group, rendered into the
-receiver's own format, and inserted as one delivery per receiver and group, numbered in the receiver's lane.
+afterwards. Each change is routed (alerts/routes.py) into its receivers' groups (alerts/groups.py); a group
+that is due at once (no group_wait for a new group, group_interval passed for a known one) is flushed right
+here, rendered into the receiver's own format and inserted as a delivery numbered in the receiver's lane.
+Groups that must wait are flushed by the delivery worker when they are due (``flush_due``), the same way.
 
 What is worth telling: an alert that fires (first time or a repeat) and one that resolves after it fired. A
 pending alert, and one that resolves without ever having fired, reached nobody and stays silent.
@@ -13,21 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from alerts.model import Alert, AlertChange, State
-from alerts.routes import Receiver, RoutesConfig, current_routes, destinations, group_labels
-from alerts.sinks import per_alert, render
-from alerts.sinks.base import Notification, json_body
+from alerts import groups
+from alerts.groups import Message, label_set, worth_telling
+from alerts.model import AlertChange
+from alerts.routes import RoutesConfig, current_routes
+from alerts.sinks import render
+from alerts.sinks.base import json_body
+
+__all__ = ["NOTIFY_CHANNEL", "enqueue", "flush_due", "label_set", "worth_telling"]
 
 log = logging.getLogger(__name__)
 
@@ -45,52 +50,12 @@ _INSERT = """
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Planned:
-    """A delivery to be: a receiver and what it will be told."""
-
-    receiver: Receiver
-    notification: Notification
-
-    @property
-    def body(self) -> str:
-        return json_body(render(self.receiver, self.notification))
-
-
-def worth_telling(change: AlertChange) -> bool:
-    state = change.alert.state
-    return state is State.FIRING or (state is State.RESOLVED and change.previous is State.FIRING)
-
-
-def plan(config: RoutesConfig, changes: Sequence[AlertChange]) -> list[Planned]:
-    """The deliveries these changes make, in the order of the changes that open each group."""
-    groups: dict[tuple[str, str], tuple[dict[str, str], dict[str, Alert]]] = {}
-    for change in filter(worth_telling, changes):
-        alert = change.alert
-        for destination in destinations(config, alert.labels):
-            labels = group_labels(alert.labels, destination.group_by)
-            key = f"{destination.route_key}:{label_set(labels)}"
-            # A later change of the same alert in the same batch supersedes the earlier one.
-            groups.setdefault((destination.receiver, key), (labels, {}))[1][alert.fingerprint] = alert
-    planned: list[Planned] = []
-    for (name, key), (labels, alerts) in groups.items():
-        receiver = config.receiver(name)
-        assert receiver is not None, "RoutesConfig checks that routes name known receivers"
-        batches = [(alert,) for alert in alerts.values()] if per_alert(receiver) else [tuple(alerts.values())]
-        planned += [Planned(receiver, Notification(name, key, labels, batch, config.external_url)) for batch in batches]
-    return planned
-
-
-def label_set(labels: dict[str, str]) -> str:
-    """Prometheus' LabelSet.String(): sorted ``name="value"`` pairs, comma and space separated, in braces."""
-    pairs = (f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in sorted(labels.items()))
-    return "{" + ", ".join(pairs) + "}"
-
-
 async def enqueue(
-    conn: psycopg.AsyncConnection[Any], changes: Sequence[AlertChange], *, routes: RoutesConfig | None = None
-) -> None:
-    """Add the deliveries these changes make to the outbox, in ``conn``'s current transaction.
+    conn: psycopg.AsyncConnection[Any], changes: Sequence[AlertChange], *, routes: RoutesConfig | None = None,
+    now: datetime | None = None,
+) -> None:  # fmt: skip
+    """Add these changes to their groups, and the deliveries of the groups due by ``now`` (default: the wall
+    clock) to the outbox, in ``conn``'s current transaction.
 
     ``routes`` defaults to the file named by $STOCKTRACE_ALERT_ROUTES_FILE. Without either, nothing is owed to
     anyone: the changes are recorded by the caller and no delivery is made.
@@ -99,21 +64,48 @@ async def enqueue(
     if config is None:
         _warn_unrouted()
         return
-    planned = plan(config, changes)
-    if not planned:
+    if not any(map(worth_telling, changes)):
         return
-    counts = Counter(item.receiver.name for item in planned)
+    now = now or datetime.now(UTC)
+    async with _in_transaction(conn):
+        due = await groups.record(conn, config, changes, now)
+        messages = [message for group in due for message in await groups.flush(conn, config, group, now)]
+        await _insert(conn, messages)
+        # Also when every group waits: a worker sleeping until the next group is due learns of an earlier one.
+        await conn.execute("select pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+
+
+async def flush_due(conn: psycopg.AsyncConnection[Any], config: RoutesConfig, now: datetime) -> int | None:
+    """Flush one group of ``config``'s receivers that is due by ``now`` and that no one else is flushing, in a
+    transaction of its own (``conn`` is in autocommit mode); returns the deliveries it made, or None when no
+    group was due."""
+    receivers = [receiver.name for receiver in config.receivers]
+    async with conn.transaction():
+        group = await groups.take_due(conn, receivers, now)
+        if group is None:
+            return None
+        messages = await groups.flush(conn, config, group, now)
+        await _insert(conn, messages)
+        if messages:
+            await conn.execute("select pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+    return len(messages)
+
+
+async def _insert(conn: psycopg.AsyncConnection[Any], messages: Sequence[Message]) -> None:
+    """The deliveries of these messages, numbered in their receivers' lanes in this order."""
+    if not messages:
+        return
+    counts = Counter(message.receiver.name for message in messages)
     names = sorted(counts)
-    async with _in_transaction(conn), conn.cursor() as cursor:
+    async with conn.cursor() as cursor:
         await cursor.execute(_ALLOCATE, (names, [counts[name] for name in names]))
         next_seq = {name: last - counts[name] + 1 for name, last in await cursor.fetchall()}
         rows = []
-        for item in planned:
-            seq = next_seq[item.receiver.name]
-            next_seq[item.receiver.name] = seq + 1
-            rows.append(_row(item, seq))
+        for message in messages:
+            seq = next_seq[message.receiver.name]
+            next_seq[message.receiver.name] = seq + 1
+            rows.append(_row(message, seq))
         await cursor.executemany(_INSERT, rows)
-        await cursor.execute("select pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
 
 def _in_transaction(conn: psycopg.AsyncConnection[Any]) -> AbstractAsyncContextManager[object]:
@@ -125,18 +117,12 @@ def _in_transaction(conn: psycopg.AsyncConnection[Any]) -> AbstractAsyncContextM
     return contextlib.nullcontext()
 
 
-def _row(item: Planned, seq: int) -> tuple[object, ...]:
-    notification = item.notification
+def _row(message: Message, seq: int) -> tuple[object, ...]:
+    notification = message.notification
     fingerprints = [alert.fingerprint for alert in notification.alerts]
-    return (
-        item.receiver.name,
-        seq,
-        item.receiver.type,
-        notification.group_key,
-        notification.status,
-        fingerprints,
-        item.body,
-    )
+    body = json_body(render(message.receiver, notification))
+    return (message.receiver.name, seq, message.receiver.type, notification.group_key, notification.status,
+            fingerprints, body)  # fmt: skip
 
 
 @functools.cache

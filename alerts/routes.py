@@ -171,10 +171,22 @@ def parse_matcher(text: str) -> Matcher:
     return Matcher(name, op, value)
 
 
-class Route(_Strict):
+class _Timing(_Strict):
+    """Alertmanager's grouping timers; on a route, None takes the file's top-level value."""
+
+    @field_validator("group_wait", "group_interval", "repeat_interval", mode="before", check_fields=False)
+    @classmethod
+    def _timing(cls, value: object) -> timedelta | None:
+        return None if value is None else parse_duration(value)
+
+
+class Route(_Timing):
     matchers: tuple[Matcher, ...] = ()
     receivers: list[str] = Field(min_length=1)
     group_by: list[str] | None = Field(default=None, description="Labels that split messages; ['...'] = all")
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
     continue_: bool = Field(default=False, alias="continue")
 
     @field_validator("matchers", mode="before")
@@ -208,9 +220,17 @@ class DeliveryPolicy(_Strict):
         return parse_duration(value)
 
 
-class RoutesConfig(_Strict):
+class RoutesConfig(_Timing):
     external_url: str = Field(default="", description="Where people open stocktrace; Alertmanager's externalURL")
     group_by: list[str] = Field(default_factory=lambda: ["alertname"])
+    # Alertmanager waits 30s and 5m by default; stocktrace sends at once unless a route asks to wait (README,
+    # "Alert routes"): alerts that fire in one evaluation already go out together, and a breach should reach
+    # people within a second of the reading that shows it.
+    group_wait: Duration = Field(default=timedelta(0), description="Wait before a new group's first message")
+    group_interval: Duration = Field(default=timedelta(0), description="Least time between a group's messages")
+    repeat_interval: Duration | None = Field(
+        default=None, description="Tell a still-firing group again after this; unset: the rules' repeat_interval"
+    )
     delivery: DeliveryPolicy = DeliveryPolicy()
     receivers: list[Receiver] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
@@ -241,12 +261,36 @@ class RoutesConfig(_Strict):
 
 
 @dataclass(frozen=True, slots=True)
+class Grouping:
+    """How the alerts of one route are grouped and paced (Alertmanager's route options)."""
+
+    group_by: tuple[str, ...]
+    group_wait: timedelta = timedelta(0)
+    group_interval: timedelta = timedelta(0)
+    repeat_interval: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Destination:
-    """One receiver an alert goes to, and the route that chose it (its key and grouping)."""
+    """One receiver an alert goes to, and the route that chose it (its key, grouping and timers)."""
 
     receiver: str
     route_key: str
-    group_by: tuple[str, ...]
+    grouping: Grouping
+
+    @property
+    def group_by(self) -> tuple[str, ...]:
+        return self.grouping.group_by
+
+
+def grouping(config: RoutesConfig, route: Route | None) -> Grouping:
+    """A route's grouping, each option it leaves out taken from the top level of the file."""
+
+    def pick(name: str) -> Any:
+        own = getattr(route, name) if route is not None else None
+        return own if own is not None else getattr(config, name)
+
+    return Grouping(tuple(pick("group_by")), pick("group_wait"), pick("group_interval"), pick("repeat_interval"))
 
 
 def destinations(config: RoutesConfig, labels: Mapping[str, str]) -> list[Destination]:
@@ -255,14 +299,13 @@ def destinations(config: RoutesConfig, labels: Mapping[str, str]) -> list[Destin
     for route in config.routes:
         if not route.matches(labels):
             continue
-        group_by = tuple(route.group_by if route.group_by is not None else config.group_by)
         for name in route.receivers:
-            found.setdefault(name, Destination(name, route.key, group_by))
+            found.setdefault(name, Destination(name, route.key, grouping(config, route)))
         if not route.continue_:
             break
     if not found:
         for name in config.default_receivers:
-            found.setdefault(name, Destination(name, "{}", tuple(config.group_by)))
+            found.setdefault(name, Destination(name, "{}", grouping(config, None)))
     return list(found.values())
 
 

@@ -158,6 +158,8 @@ class Tick:
     topology: Topology
     open_alerts: Mapping[str, Sequence[OpenAlert]] = field(default_factory=dict)
     """Per alertname: its stored alerts that are pending or firing, or resolved within the rule's lookback."""
+    device_time: bool = False
+    """``now`` is the devices' own time (alerts/clock.py): times stamped on receipt are another timeline."""
 
     def alerts_of(self, *alertnames: str) -> list[OpenAlert]:
         return [a for name in alertnames for a in self.open_alerts.get(name, ())]
@@ -170,6 +172,16 @@ class Rule(Protocol):
     """The alerts it raises: the lifecycle resolves stored alerts of these names that it no longer finds."""
 
     async def evaluate(self, conn: Conn, tick: Tick) -> Evaluation: ...
+
+
+async def tracked_until(conn: Conn, now: datetime) -> datetime:
+    """``now``, or earlier while tracking still has reads from before it to fold (the resolver is behind
+    ingest, as it is when a backlog arrives): how far the item state is known. Rules on item state judge up to
+    here, so that an item whose arrival elsewhere tracking has not taken in yet is not called gone."""
+    cursor = await conn.execute("select min(first_at) from sighting_deltas")
+    row = await cursor.fetchone()
+    oldest: datetime | None = row[0] if row is not None else None
+    return now if oldest is None else min(now, oldest)
 
 
 def label_set(**labels: str | None) -> dict[str, str]:

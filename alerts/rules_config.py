@@ -303,6 +303,13 @@ class SensorStale(Common):
 class Shrink(Common):
     shipment_window: Seconds | None = Field(default=None, description="An exit this long before the departure ships it")
     lookback: Seconds | None = Field(default=None, description="Departures older than this are not raised any more")
+    pending_for: Seconds | None = Field(default=None, description="How long an item must stay gone before it fires")
+
+    @property
+    def for_s(self) -> float:
+        # A tag at the edge of its antenna's range can go unread for a quarter of an hour and then be read
+        # again where it was (the resolver takes the departure back): only an item that stays gone is shrink.
+        return _first(self.pending_for, 1800.0)
 
     @property
     def window_s(self) -> float:

@@ -3,8 +3,10 @@
 **Shrink** (subject: an item). The presence resolver marks an item ``departed`` when no reader sees it any more
 (tracking/presence.py). A departure is a shipment when a stock exit (the ``location_exits`` view of
 0211_consumption.sql: through a dock door outwards, onto a vehicle, into production, to another site) happened
-within ``shipment_window`` before it; otherwise the item left without a shipment: possible shrink. Departures
-older than ``lookback`` are not raised any more; a raised one stays until the item is seen again. It depends on
+within ``shipment_window`` before it; otherwise the item left without a shipment: possible shrink. It fires
+once the item has stayed gone for ``pending_for`` (a tag read only now and then is taken back by the resolver
+when it is read again). Departures older than ``lookback`` are not raised any more; a raised one stays until
+the item is seen again. It depends on
 the readers of the site's dock doors and of the location it left: with one of them offline, the door may
 simply not have seen it go.
 
@@ -22,7 +24,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any, Final
 
 from alerts.model import Severity
-from alerts.rules import Conn, Evaluation, Finding, Tick, join_names, label_set, plural
+from alerts.rules import Conn, Evaluation, Finding, Tick, join_names, label_set, plural, tracked_until
 from alerts.rules_config import Dwell, Expiry, Shrink
 
 SHRINK: Final = "ItemLeftWithoutShipment"
@@ -62,16 +64,20 @@ class ShrinkRule:
             },
         )
         rows = await cursor.fetchall()
+        tracked = await tracked_until(conn, tick.now)
         findings = []
         for row in rows:
             params = tick.config.shrink.for_subject(tick.topology.attributes(row[3], gtin=row[4], lot=row[5]))
             if params.enabled is not False:
-                findings.append(_shrink(tick, row, params))
+                findings.append(_shrink(tick, row, params, tracked))
         return Evaluation(findings, len(rows))
 
 
-def _shrink(tick: Tick, row: tuple[Any, ...], params: Shrink) -> Finding:
+def _shrink(tick: Tick, row: tuple[Any, ...], params: Shrink, tracked: datetime) -> Finding:
     epc, site_id, since, from_location, gtin, lot = row
+    due = since + timedelta(seconds=params.for_s)
+    # Gone that long by the clock, but tracking has not caught up with it yet: pending until it has.
+    fires_at = None if tracked < due <= tick.now else due
     topology = tick.topology
     doors = [p.id for p in topology.places.values() if p.kind == "dock_door" and p.site_id == site_id]
     readers = set().union(*(topology.readers_for(d) for d in doors)) if doors else set()
@@ -88,7 +94,7 @@ def _shrink(tick: Tick, row: tuple[Any, ...], params: Shrink) -> Finding:
             f"{params.window_s / 60:.0f} minutes before it was last seen: possible shrink.",
         },
         active_at=since,
-        fires_at=since,
+        fires_at=fires_at,
         depends_on=frozenset(readers),
         repeat_s=tick.config.repeat_s(params),
         group_by=tuple(tick.config.group_by(params)),
@@ -110,16 +116,17 @@ class DwellRule:
         limits = _location_limits(tick)
         if not limits:
             return Evaluation([], 0)
+        tracked = await tracked_until(conn, tick.now)  # an item tracking has not yet seen leave is still there
         cursor = await conn.execute(
             _PRESENT_SINCE,
-            {"locs": sorted(limits), "before": tick.now - timedelta(seconds=min(limits.values()))},
+            {"locs": sorted(limits), "before": tracked - timedelta(seconds=min(limits.values()))},
         )
         rows = await cursor.fetchall()
         findings = []
         for epc, location_id, since, gtin, lot in rows:
             params = tick.config.dwell.for_subject(tick.topology.attributes(location_id, gtin=gtin, lot=lot))
             limit = params.limit_s(tick.topology.places[location_id].kind)
-            if params.enabled is not False and limit is not None and (tick.now - since).total_seconds() > limit:
+            if params.enabled is not False and limit is not None and (tracked - since).total_seconds() > limit:
                 findings.append(_dwell(tick, epc, location_id, since, gtin, lot, limit, params))
         return Evaluation(findings, len(rows))
 

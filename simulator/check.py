@@ -5,20 +5,26 @@
   received during the run are counted.
 - Location accuracy, once tracking provides ``item_locations(epc, location_id, since)``: the share of items
   whose latest location there equals where the item really is at the end of the run.
-- Alert precision, recall and detection latency per fault type, once an ``alerts`` table exists.
+- Alert precision, recall and detection latency per fault type. An alert is an episode that fired, as the
+  event log records it (each time an alert starts firing; the ``alerts`` table keeps only the latest episode
+  of each rule and subject, and pending alerts that never fired told nobody), recorded since the run began and
+  active within it. Alerts that begin after the run's end (devices that fall silent when the simulator stops)
+  are reported apart and not counted. Before counting, the check waits for the evaluator to judge the data
+  ingested: one evaluation after ingest settled, or on the device clock one that no longer moves.
 
 What stocktrace does not provide yet is reported as not available, never estimated.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, LiteralString
+from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -105,6 +111,10 @@ class AlertCheck:
     alerts: int
     matched_alerts: int
     columns: dict[str, str]
+    after_end: int = 0
+    """Alerts that began after the run's end: what the run's own end caused, not counted."""
+    unmatched: list[str] = field(default_factory=list)
+    """The alerts that match no fault, as ``alertname subject``."""
 
     @property
     def precision_pct(self) -> float | None:
@@ -114,6 +124,7 @@ class AlertCheck:
         return {
             "available": True, "alerts": self.alerts, "alerts_matching_a_fault": self.matched_alerts,
             "precision_pct": self.precision_pct, "per_fault": self.per_fault, "columns_used": self.columns,
+            "alerts_after_run_end": self.after_end, "alerts_matching_no_fault": self.unmatched,
         }  # fmt: skip
 
 
@@ -173,6 +184,9 @@ def _alert_text(check: AlertCheck | Unavailable) -> list[str]:
         return [f"alerts: not available yet ({check.reason})"]
     precision = "n/a" if check.precision_pct is None else f"{check.precision_pct:.1f} %"
     lines = [f"alerts: {check.alerts} raised, {check.matched_alerts} match an injected fault (precision {precision})"]
+    if check.after_end:
+        lines.append(f"  {check.after_end} more began after the run's end (not counted)")
+    lines += [f"  matches no fault: {alert}" for alert in check.unmatched[:10]]
     for fault, row in sorted(check.per_fault.items()):
         latency = (
             ""
@@ -183,8 +197,12 @@ def _alert_text(check: AlertCheck | Unavailable) -> list[str]:
     return lines
 
 
-def check(result: RunResult, dsn: str, wait_s: float = 60.0, settle_s: float = 3.0) -> CheckReport:
-    """Compare ``result`` with the database at ``dsn``, waiting up to ``wait_s`` for ingest and tracking."""
+def check(result: RunResult, dsn: str, wait_s: float = 60.0, settle_s: float = 10.0) -> CheckReport:
+    """Compare ``result`` with the database at ``dsn``, waiting up to ``wait_s`` for ingest and tracking.
+
+    A count that stays put for ``settle_s`` is taken as final: ingest catching up with an accelerated run
+    commits batches of tens of thousands of reads, each taking seconds on a busy host.
+    """
     with psycopg.connect(dsn, autocommit=True) as conn:
         ingest = _check_ingest(conn, result, wait_s, settle_s)
         if _exists(conn, "item_locations"):
@@ -193,6 +211,8 @@ def check(result: RunResult, dsn: str, wait_s: float = 60.0, settle_s: float = 3
             since = datetime.fromtimestamp(result.started_at - SKEW_MARGIN_S, UTC)
             _wait_until_stable(conn, query, (since,), len(result.truth.items), wait_s, settle_s)
         location = _check_locations(conn, result)
+        if _exists(conn, "alert_rule_runs"):
+            _wait_for_evaluation(conn, time.time(), wait_s, settle_s)
         alerts = _check_alerts(conn, result)
     notes = []
     if result.topic_prefix:
@@ -216,6 +236,24 @@ def _wait_until_stable(conn: psycopg.Connection[Any], query: LiteralString, para
         if count != last:
             last, last_change = count, time.monotonic()
         if count >= target or time.monotonic() - last_change >= settle_s:
+            break
+        time.sleep(POLL_S)
+    return time.monotonic() - started
+
+
+def _wait_for_evaluation(conn: psycopg.Connection[Any], since: float, wait_s: float, settle_s: float) -> float:
+    """Wait until the evaluator judged what is stored: a tick after ``since`` (wall clock), or on the device
+    clock, whose time stands still when nothing arrives, a time that stopped moving for ``settle_s``."""
+    started = time.monotonic()
+    last, last_change = None, started
+    while time.monotonic() - started < wait_s:
+        row = conn.execute("select max(evaluated_at) from alert_rule_runs").fetchone()
+        evaluated = row[0] if row else None
+        if evaluated is not None and evaluated.timestamp() >= since:
+            break
+        if evaluated != last:
+            last, last_change = evaluated, time.monotonic()
+        elif time.monotonic() - last_change >= settle_s:  # judged all it has, or no evaluator is running
             break
         time.sleep(POLL_S)
     return time.monotonic() - started
@@ -301,7 +339,21 @@ def _columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
     return [str(r[0]) for r in rows.fetchall()]
 
 
+# Each time an alert starts firing, the evaluator appends to the event log (alerts/lifecycle.py, Record).
+_FIRED: Final = """
+select payload->>'alertname', event_time, payload::text from event_log
+where kind = 'alert' and payload->>'state' = 'firing' and recorded_at >= %(recorded)s and event_time >= %(first)s
+"""
+
+
 def _check_alerts(conn: psycopg.Connection[Any], result: RunResult) -> AlertCheck | Unavailable:
+    if _exists(conn, "event_log") and _exists(conn, "alerts"):
+        return _check_fired(conn, result)
+    return _check_alert_rows(conn, result)
+
+
+def _check_alert_rows(conn: psycopg.Connection[Any], result: RunResult) -> AlertCheck | Unavailable:
+    """Without an event log: one alert per row of the alerts table, whatever its columns are called."""
     if not _exists(conn, "alerts"):
         return Unavailable("the alerts stage has no alerts table yet")
     columns = _columns(conn, "alerts")
@@ -316,6 +368,26 @@ def _check_alerts(conn: psycopg.Connection[Any], result: RunResult) -> AlertChec
     alerts = [(str(k).lower(), s.timestamp(), str(text)) for k, s, text in rows if isinstance(s, datetime)]
     per_fault, matched = _match_alerts(result.faults, alerts)
     return AlertCheck(per_fault, len(alerts), len(matched), {"rule": kind, "start": start})
+
+
+def _check_fired(conn: psycopg.Connection[Any], result: RunResult) -> AlertCheck:
+    recorded = datetime.fromtimestamp(result.real_started_at, UTC)
+    first = datetime.fromtimestamp(result.started_at - ALERT_EARLY_S, UTC)
+    rows = conn.execute(_FIRED, {"recorded": recorded, "first": first}).fetchall()
+    fired = [(str(k).lower(), s.timestamp(), str(text)) for k, s, text in rows]
+    alerts = [a for a in fired if a[1] <= result.ended_at]
+    per_fault, matched = _match_alerts(result.faults, alerts)
+    unmatched = [_describe(text) for i, (_, _, text) in enumerate(alerts) if i not in matched]
+    return AlertCheck(per_fault, len(alerts), len(matched), {"source": "event_log"}, len(fired) - len(alerts),
+                      unmatched)  # fmt: skip
+
+
+def _describe(payload: str) -> str:
+    try:
+        entry = json.loads(payload)
+    except ValueError:
+        return payload[:80]
+    return f"{entry.get('alertname', '?')} {entry.get('subject', '?')}"
 
 
 def _match_alerts(

@@ -185,7 +185,9 @@ def _load_text(result: LoadResult) -> str:
 @click.option("--manifest", "manifest_path", default=None,
               type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write the scenario's registry manifest (for `stocktrace apply -f`) and exit.")  # fmt: skip
-@click.option("--check", "do_check", is_flag=True, help="After the run, compare the truth with what stocktrace stored.")
+@click.option("--check", "do_check", is_flag=True,
+              help="After the run, compare the truth with what stocktrace stored (start from an empty database; "
+                   "accelerated runs need the service on STOCKTRACE_ALERT_CLOCK=device).")  # fmt: skip
 @click.option(
     "--check-wait", type=float, default=60.0, show_default=True, help="Seconds to wait for ingest to catch up."
 )
@@ -202,6 +204,7 @@ def simulate(scenario_path: Path | None, mode: str, speed: float, duration: str 
       stocktrace simulate --mode realtime                      the demo: devices publish as they would
       stocktrace simulate --duration 8h --truth truth.jsonl    a working day in about a minute
       stocktrace simulate --duration 2h --check                ... then measure stocktrace against the truth
+                                                               (serve it with STOCKTRACE_ALERT_CLOCK=device)
       stocktrace simulate --manifest site.yaml                 the registry for `stocktrace apply -f`
       stocktrace simulate --mode load --devices 200 --rate 20000 --duration 30s
     """

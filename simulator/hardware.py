@@ -120,6 +120,8 @@ class Reader(SimDevice):
     def report(self, t: float) -> list[Message]:
         reports = self.observe(t)
         messages = self.encode(reports) if reports else []
+        if self.spec.format == ReaderFormat.NATIVE and not reports:
+            messages.append(self.message(native.heartbeat(self.id, self.clock_ms(t)), buffered=False))
         if self.spec.format == ReaderFormat.ZEBRA_FX and t >= self.next_heartbeat:
             self.next_heartbeat = t + ZEBRA_HEARTBEAT_S
             ports = [antenna.port for antenna in self.antennas]

@@ -128,15 +128,17 @@ def _vehicle_devices(vehicle: VehicleSpec, prefix: str) -> list[dict[str, Any]]:
         gps_id, gps_topic = f"{tracker.user}:{tracker.id}", f"owntracks/{tracker.user}/{tracker.id}"
     else:
         gps_id, gps_topic = tracker.id, f"stocktrace/{tracker.id}"
+    # A reefer controller measures the box it cools: a sensor of the vehicle, whatever protocol it speaks (a
+    # Sparkplug edge node publishing its own metrics is that controller, not a gateway for other devices).
     if reefer.format == "sparkplug-b":
-        unit_id, unit_topic, unit_kind = f"{reefer.group}/{reefer.id}", f"spBv1.0/{reefer.group}", "gateway"
+        unit_id, unit_topic = f"{reefer.group}/{reefer.id}", f"spBv1.0/{reefer.group}"
     else:
-        unit_id, unit_topic, unit_kind = reefer.id, f"stocktrace/{reefer.id}", "sensor"
+        unit_id, unit_topic = reefer.id, f"stocktrace/{reefer.id}"
     return [
         {"id": gps_id, "kind": "gps_tracker", "source": tracker.format, "location": vehicle.id,
          "name": f"GPS of {vehicle.name}", "inactivity_timeout_s": _timeout(tracker.interval_s * 5),
          "mqtt": {"username": tracker.id, "topic_prefix": prefix + gps_topic}},
-        {"id": unit_id, "kind": unit_kind, "source": reefer.format, "location": vehicle.id,
+        {"id": unit_id, "kind": "sensor", "source": reefer.format, "location": vehicle.id,
          "name": f"Refrigeration unit of {vehicle.name}", "inactivity_timeout_s": _timeout(reefer.interval_s),
          "mqtt": {"username": reefer.id, "topic_prefix": prefix + unit_topic}},
     ]  # fmt: skip

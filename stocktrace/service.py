@@ -25,6 +25,7 @@ from prometheus_client import multiprocess
 
 from alerts import delivery, evaluator
 from alerts.cli import rules_from
+from alerts.clock import clock_named
 from ingest.consumer import BatchPolicy, Consumer, shared
 from ingest.routes import Router
 from ingest.writer import Step, Writer
@@ -56,6 +57,7 @@ def consumer_for(settings: Settings, index: int) -> Consumer:
         router,
         Writer(settings.database_url, steps=writer_steps()),
         BatchPolicy(settings.batch_max_messages, settings.batch_max_wait_ms / 1000, settings.max_payload_bytes),
+        registry_url=settings.database_url,
     )
 
 
@@ -163,7 +165,11 @@ async def serve(settings: Settings, workers: int, stop: asyncio.Event | None = N
         asyncio.create_task(keep_bounded(settings.database_url, plan, stop)),
         # Each of these takes an advisory lock: with several stocktrace processes exactly one does the work.
         asyncio.create_task(resolver.run(settings.database_url, stop)),
-        asyncio.create_task(evaluator.run(settings.database_url, stop, rules_from(settings.rules_file))),
+        asyncio.create_task(
+            evaluator.run(
+                settings.database_url, stop, rules_from(settings.rules_file), clock=clock_named(settings.alert_clock)
+            )
+        ),
     ]
     if settings.alert_routes_file is not None:
         routes = delivery.load_worker_routes(settings.alert_routes_file)

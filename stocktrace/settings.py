@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     compress_after_days: int = Field(2, ge=1, description="Compress raw chunks older than this (Timescale edition)")
     rules_file: Path | None = Field(
         None, description="Alert rules (YAML); unset: the shipped defaults, alerts/rules.default.yaml"
+    )
+    alert_clock: Literal["wall", "device"] = Field(
+        "wall",
+        description="What now is to the alert rules: wall (the host's clock), or device (the newest device time"
+        " ingested: for replaying a backlog or an accelerated simulation)",
     )
     alert_routes_file: Path | None = Field(
         None, description="Alert routes and receivers (YAML, see alerts/routes.example.yaml); unset: nothing is sent"

@@ -1,7 +1,8 @@
 """Receivers: one module per kind, each rendering a notification and sending it.
 
-``render`` runs when a change is enqueued; ``build_sink`` makes the sender the delivery worker uses. Kinds that
-take one alert per request (PagerDuty events, Grafana annotations) are rendered one delivery per alert.
+``render`` runs when a group's message is made (alerts/groups.py); ``build_sink`` makes the sender the delivery
+worker uses. Kinds that take one alert per request (PagerDuty events, Grafana annotations) are rendered one
+delivery per alert that changed.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The body is the one Alertmanager's notify/webhook/webhook.go sends (its Message: template.Data plus version,
 groupKey, truncatedAlerts), documented at https://prometheus.io/docs/alerting/latest/configuration/#webhook_config.
-``alerts`` holds the alerts of the group that changed in this evaluation.
+``alerts`` holds the whole group (alerts/groups.py): every alert of it that fires, and those resolved since
+the group's last message, in label order as Alertmanager sorts them.
 
 Every request carries:
 

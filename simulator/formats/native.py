@@ -44,3 +44,9 @@ def will(device_id: str) -> Publication:
 def online(device_id: str, at_ms: int) -> Publication:
     body = {"online": True, "reason": "connected", "at": iso_ms(at_ms)}
     return Publication(status_topic(device_id), _ENCODER.encode(body), retain=True)
+
+
+def heartbeat(device_id: str, at_ms: int) -> Publication:
+    """What a native reader with nothing to report sends instead, so that silence still means it is down."""
+    body = {"online": True, "reason": "heartbeat", "at": iso_ms(at_ms)}
+    return Publication(status_topic(device_id), _ENCODER.encode(body))

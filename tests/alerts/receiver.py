@@ -253,7 +253,7 @@ async def wait_for(receiver: Receiver, count: int, timeout_s: float = 10.0) -> l
     return await asyncio.to_thread(receiver.wait_for, count, timeout_s)
 
 
-OUTBOX_TABLES = "deliveries, delivery_attempts, delivery_lanes, delivery_references"
+OUTBOX_TABLES = "deliveries, delivery_attempts, delivery_lanes, delivery_references, alert_groups, alert_group_alerts"
 
 
 def clean_outbox(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:

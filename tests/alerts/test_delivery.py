@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from alerts.delivery import APPLICATION_NAME, Claimed, backoff_s, decide
-from alerts.routes import DeliveryPolicy
+from alerts.routes import DeliveryPolicy, RoutesConfig
 from alerts.sinks import RetryableSinkError, SinkError
 from tests.alerts.receiver import (
     Answer,
@@ -26,11 +26,11 @@ from tests.alerts.receiver import (
     clean_outbox,
     enqueue_changes,
     fired,
-    routes,
     running_receiver,
     running_worker,
     wait_for,
 )
+from tests.alerts.receiver import routes as one_route
 
 
 @pytest.fixture
@@ -44,6 +44,11 @@ POLICY = DeliveryPolicy.model_validate({"backoff_initial": "1s", "backoff_max": 
 
 def _claimed(budget_attempts: int = 0, retry_since: datetime = NOW) -> Claimed:
     return Claimed(1, "ops", 1, "{}", "key", ["f"], retry_since, budget_attempts, budget_attempts, {})
+
+
+def routes(*receivers: dict[str, Any], **settings: Any) -> RoutesConfig:
+    """Every alert a group of its own: these tests are about lanes, one message per alert."""
+    return one_route(*receivers, group_by=["..."], **settings)
 
 
 def _webhook(url: str) -> dict[str, str]:
@@ -157,9 +162,9 @@ def test_worker_restarted_midway_loses_nothing_and_repeats_nothing(dsn: str, db:
         changes = [fired(alert(subject=f"room-{n:02d}")) for n in range(30)]
 
         async def scenario() -> None:
+            for change in changes:
+                await enqueue_changes(dsn, config, change)
             async with running_worker(dsn, config):
-                for change in changes:
-                    await enqueue_changes(dsn, config, change)
                 await wait_for(receiver, 5)
             stopped_at = len(receiver.requests)
             assert stopped_at < 30, "the first worker should have been stopped part-way"

@@ -130,3 +130,31 @@ def test_list_filters_and_pages(dsn: str, db: psycopg.Connection) -> None:
             assert (await api.get("/api/v1/deliveries", params={"state": "lost"})).status_code == 422
 
     asyncio.run(scenario())
+
+
+def test_alert_groups_show_what_waits_and_when_it_goes(dsn: str, db: psycopg.Connection) -> None:
+    cold = [alert("ColdChainBreach", f"room-{n}", site="dc-1") for n in (1, 2)]
+    config = routes(
+        {"name": "chat", "type": "slack", "url": "http://127.0.0.1:9/never"},
+        {"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/never"},
+        routes=[{"receivers": ["chat"], "group_wait": "30s", "continue": True}, {"receivers": ["ops"]}],
+    )
+
+    async def scenario() -> None:
+        await enqueue_changes(dsn, config, *[fired(a) for a in cold])
+        async with api_client(dsn) as api:
+            groups = (await api.get("/api/v1/alert-groups")).json()
+            assert [(g["receiver"], g["alerts"], g["waiting"]) for g in groups] == [("chat", 2, 2), ("ops", 2, 0)]
+            chat, ops = groups
+            assert chat["group_labels"] == {"alertname": "ColdChainBreach"}
+            assert chat["flush_at"] is not None
+            assert chat["notified_at"] is None
+            assert (ops["flush_at"], ops["notified_at"] is not None) == (None, True)  # told at once
+            assert [g["receiver"] for g in (await api.get("/api/v1/alert-groups", params={"due": True})).json()] == [
+                "chat"
+            ]
+            assert (await api.get("/api/v1/alert-groups", params={"receiver": "ops"})).json() == [ops]
+            # The chat message is not made yet: nothing is owed to chat in the outbox.
+            assert (await api.get("/api/v1/deliveries", params={"receiver": "chat"})).json() == []
+
+    asyncio.run(scenario())

@@ -39,7 +39,7 @@ def silence(line: Timeline, matchers: str, starts_at: datetime, ends_at: datetim
 
 
 def test_a_door_reader_offline_holds_back_the_shrink_it_causes_and_raises_one_device_alert(timeline: Timeline) -> None:
-    configure(timeline, "", "device_offline", "shrink")
+    configure(timeline, "rules: {shrink: {pending_for: 0s}}", "device_offline", "shrink")
     timeline.location("shelf-1", "S1", "shelf")
     timeline.location("door-1", "S1", "dock_door")
     timeline.device("reader-door", "rfid_reader", "door-1")  # 60 s inactivity timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ from click.testing import CliRunner
 from alerts.delivery_cli import delivery_group
 from alerts.routes import (
     ROUTES_FILE_ENV,
+    Grouping,
     RoutesConfig,
     RoutesError,
     current_routes,
     destinations,
+    grouping,
     load_routes,
     parse_duration,
     parse_matcher,
@@ -81,6 +84,26 @@ def test_first_match_wins_unless_continue_then_defaults() -> None:
     assert [(d.receiver, d.route_key) for d in other] == [("rest", "{}")]
 
 
+def test_grouping_timers_come_from_the_route_else_the_top_level() -> None:
+    config = RoutesConfig.model_validate(
+        {
+            "group_wait": "10s",
+            "group_interval": "1m",
+            "receivers": [{"name": n, "type": "webhook", "url": "http://x"} for n in ("page", "chat")],
+            "routes": [
+                {"matchers": ['severity="critical"'], "receivers": ["page"], "group_wait": 0, "repeat_interval": "1h",
+                 "continue": True},
+                {"receivers": ["chat"], "group_by": ["site"]},
+            ],
+        }
+    )  # fmt: skip
+    page, chat = destinations(config, {"alertname": "ColdChainBreach", "severity": "critical"})
+    assert page.grouping == Grouping(("alertname",), timedelta(0), timedelta(minutes=1), timedelta(hours=1))
+    assert chat.grouping == Grouping(("site",), timedelta(seconds=10), timedelta(minutes=1), None)
+    # Without any: every change is sent at once, and the rules decide repeats.
+    assert grouping(RoutesConfig(), None) == Grouping(("alertname",), timedelta(0), timedelta(0), None)
+
+
 def test_example_file_loads_with_its_secrets_from_the_environment() -> None:
     config = load_routes(EXAMPLE, environ=SECRETS)
     assert {r.type for r in config.receivers} == {"webhook", "slack", "teams", "pagerduty", "grafana"}
@@ -122,6 +145,8 @@ def test_missing_secret_names_its_path(tmp_path: Path) -> None:
         ("delivery: {max_age: 'a day'}", r"delivery\.max_age: Value error, 'a day' is not a duration"),
         ("receivers: [{name: a, type: slack, url: x}, {name: a, type: teams, url: y}]", "repeated: a"),
         ("[1, 2]", r"\(top level\): Input should be a valid dictionary"),
+        ("routes: [{receivers: [a], group_wait: soon}]", r"routes\.0\.group_wait: Value error, 'soon' is not a dur"),
+        ("group_interval: -5", r"group_interval: Value error, a duration cannot be negative"),
     ],
 )
 def test_errors_name_the_path(tmp_path: Path, document: str, message: str) -> None:

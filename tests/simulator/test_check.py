@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from simulator.check import Unavailable, _check_alerts, _check_locations, check
+from simulator.check import Unavailable, _alert_text, _check_alert_rows, _check_alerts, _check_locations, check
 from simulator.publisher import MemorySink
 from simulator.run import RunResult, run
 from simulator.world import load_scenario
@@ -80,7 +81,7 @@ def test_location_accuracy_from_item_locations(result: RunResult, db: psycopg.Co
     assert sum(n for _, shown, n in located.confusions if shown == "somewhere-else") == 3
 
 
-def test_alert_precision_recall_and_latency(result: RunResult, db: psycopg.Connection[Any]) -> None:
+def test_without_an_event_log_each_row_of_alerts_counts(result: RunResult, db: psycopg.Connection[Any]) -> None:
     db.execute("create temporary table alerts (id serial, rule text, subject text, starts_at timestamptz)")
     door = next(f for f in result.faults if f.fault == "cold_room_door_open")
     offline = next(f for f in result.faults if f.fault == "reader_offline")
@@ -90,7 +91,7 @@ def test_alert_precision_recall_and_latency(result: RunResult, db: psycopg.Conne
          "device-offline", offline.subject, datetime.fromtimestamp(offline.start + 120, UTC),
          "inventory-variance", "dc-s-02", datetime.fromtimestamp(door.start, UTC)),
     )  # fmt: skip
-    alerts = _check_alerts(db, result)
+    alerts = _check_alert_rows(db, result)
     assert not isinstance(alerts, Unavailable)
     assert (alerts.alerts, alerts.matched_alerts) == (3, 2)
     assert alerts.per_fault["cold_room_door_open"] | {} == {
@@ -102,3 +103,44 @@ def test_alert_precision_recall_and_latency(result: RunResult, db: psycopg.Conne
     }
     assert alerts.per_fault["reader_offline"]["latency_p50_s"] == 120.0
     assert alerts.per_fault["shrink"]["detected"] == 0
+
+
+def _fired(db: psycopg.Connection[Any], name: str, subject: str, at: float, state: str = "firing") -> None:
+    """An alert changing state, as the evaluator records it in the event log (alerts/lifecycle.py, Record)."""
+    payload = {"alertname": name, "subject": subject, "state": state, "labels": {"subject": subject}, "summary": ""}
+    db.execute(
+        "select event_log_append('alert', %s, %s, %s::jsonb)",
+        (f"fp-{name}-{subject}", datetime.fromtimestamp(at, UTC), json.dumps(payload)),
+    )
+
+
+def test_alerts_are_the_episodes_that_fired_during_the_run(result: RunResult, db: psycopg.Connection[Any]) -> None:
+    offline = next(f for f in result.faults if f.fault == "reader_offline")
+    door = next(f for f in result.faults if f.fault == "cold_room_door_open")
+    # The reader flapped: two episodes of one alert, each told (the alerts table keeps only the second).
+    _fired(db, "DeviceOffline", offline.subject, offline.start + 60)
+    _fired(db, "DeviceOffline", offline.subject, offline.start + 120, state="resolved")
+    _fired(db, "DeviceOffline", offline.subject, offline.start + 180)
+    _fired(db, "TemperatureExcursion", door.subject, door.start + 300)
+    _fired(db, "SensorStale", "a-probe-that-was-fine", door.start)
+    _fired(db, "DeviceOffline", "dock-reader", result.ended_at + 5)  # the simulator stopped: after the end
+    result.real_started_at = time.time() - 60
+    alerts = _check_alerts(db, result)
+    assert not isinstance(alerts, Unavailable)
+    assert (alerts.alerts, alerts.matched_alerts, alerts.after_end) == (4, 3, 1)
+    assert alerts.per_fault["reader_offline"]["detected"] == 1
+    assert alerts.per_fault["reader_offline"]["latency_p50_s"] == 60.0
+    assert alerts.unmatched == ["SensorStale a-probe-that-was-fine"]
+    assert alerts.precision_pct == 75.0
+    text = "\n".join(_alert_text(alerts))
+    assert "1 more began after the run's end (not counted)" in text
+    assert "matches no fault: SensorStale a-probe-that-was-fine" in text
+
+
+def test_alerts_recorded_before_the_run_began_are_not_its_own(result: RunResult, db: psycopg.Connection[Any]) -> None:
+    door = next(f for f in result.faults if f.fault == "cold_room_door_open")
+    _fired(db, "TemperatureExcursion", door.subject, door.start + 300)  # an earlier run over the same hours
+    result.real_started_at = time.time() + 60
+    alerts = _check_alerts(db, result)
+    assert not isinstance(alerts, Unavailable)
+    assert (alerts.alerts, alerts.per_fault["cold_room_door_open"]["detected"]) == (0, 0)
