@@ -17,12 +17,21 @@
         source: zebra-fx
         location: dock-1
         antennas: [{port: 1, location: dock-1, side: out}, {port: 2, location: dock-1, side: in}]
+      - id: freezer-probe-1              # a LoRaWAN sensor whose codec names its probe "T_probe"
+        kind: sensor
+        source: ttn-v3
+        mqtt: null
+        decoder_options:
+          fields: {T_probe: temperature_c, Vbat: battery_mv}
+
+A device's ``decoder_options`` are checked against its source format (devices/decoder_options.py); a running
+``stocktrace run`` picks up a change within seconds.
 
 Objects are matched by id: missing ones are created, differing ones updated, and each is reported as created,
-updated (with the fields that changed) or unchanged, so applying the same file twice changes nothing. Objects
-in the registry that the file does not mention are left alone, as by ``kubectl apply`` without ``--prune``;
-with ``prune=True`` they are deleted (their readings are kept: a pruned device that publishes is unassigned).
-The whole file applies in one transaction, or not at all.
+updated (with the fields that changed, and what changed inside decoder_options) or unchanged, so applying
+the same file twice changes nothing. Objects in the registry that the file does not mention are left alone,
+as by ``kubectl apply`` without ``--prune``; with ``prune=True`` they are deleted (their readings are kept: a
+pruned device that publishes is unassigned). The whole file applies in one transaction, or not at all.
 """
 
 from __future__ import annotations
@@ -162,6 +171,13 @@ def _pydantic_message(error: Any) -> str:
     return message
 
 
+def _problem(error: Any) -> Problem:
+    if error["type"] == "decoder_options":
+        # The options are checked per source format as a whole; the error says which part inside them.
+        return Problem((*error["loc"], *error["ctx"]["loc"]), error["ctx"]["reason"])
+    return Problem(tuple(error["loc"]), _pydantic_message(error))
+
+
 def parse(text: str) -> Document:
     """Read and validate a manifest; a `ManifestError` lists every problem with its path and line."""
     try:
@@ -177,7 +193,7 @@ def parse(text: str) -> Document:
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = [Problem(tuple(error["loc"]), _pydantic_message(error)) for error in exc.errors()]
+        problems = [_problem(error) for error in exc.errors()]
         raise ManifestError(Document(Manifest(), root).locate(problems)) from None
     return Document(manifest, root)
 

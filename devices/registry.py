@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Literal, LiteralString, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from devices import plans
+from devices.decoder_options import DeviceDecoding, check_options, check_timezone
 from devices.decoders import DECODERS
 from devices.plans import Plan as Plan
 from devices.plans import Row as Row
@@ -170,12 +170,7 @@ class Site(Place):
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value[:60]!r}; use an IANA name such as Europe/Berlin") from None
-        return value
+        return value if value is None else check_timezone(value)
 
 
 class Location(Place):
@@ -247,6 +242,15 @@ class Device(_Model):
     assigned: bool = True
     """False parks the device: its data is kept but it is listed with the unassigned devices."""
     antennas: list[Antenna] = Field(default_factory=list)
+    decoder_options: dict[str, Any] | None = Field(
+        default=None,
+        description="What the source format's decoder needs to know about this device (devices/decoder_options.py):"
+        " ttn-v3, chirpstack-v4 {fields: {name: target}, default_fields: true}; esphome {sensors: {name: target}};"
+        " tasmota {timezone: IANA name}; sparkplug-b {metrics: {name: target}}. Targets: temperature_c,"
+        " temperature_f, humidity_pct, battery_pct, battery_v, battery_mv, pressure_hpa, pressure_pa, signal_dbm,"
+        " and latitude, longitude, altitude_m (LoRaWAN, Sparkplug). null: the format's defaults.",
+        examples=[{"fields": {"T_probe": "temperature_c", "Vbat": "battery_mv"}}, {"timezone": "Europe/Berlin"}],
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -281,6 +285,14 @@ class Device(_Model):
     @classmethod
     def _check_location(cls, value: str | None) -> str | None:
         return value if value is None else _check_location_id(value)
+
+    @field_validator("decoder_options")
+    @classmethod
+    def _check_decoder_options(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        source = info.data.get("source")
+        if not value or source is None or (info.context or {}).get("stored"):
+            return value or None  # no source: its own error says why; stored: checked when it was written
+        return check_options(source, value)
 
     @field_validator("antennas")
     @classmethod
@@ -536,13 +548,16 @@ def delete_place(place_id: str, kind: Literal["site", "location"]) -> Plan[Chang
 
 _UPSERT_DEVICE: Final = (
     "insert into devices (id, kind, source, name, location_id, mqtt_username, topic_prefix,"
-    " inactivity_timeout_s, assigned)"
+    " inactivity_timeout_s, assigned, decoder_options)"
     " values (%(id)s, %(kind)s, %(source)s, %(name)s, %(location)s, %(username)s, %(topic_prefix)s,"
-    " %(inactivity_timeout_s)s, %(assigned)s)"
+    " %(inactivity_timeout_s)s, %(assigned)s, %(decoder_options)s)"
     " on conflict (id) do update set kind = excluded.kind, source = excluded.source, name = excluded.name,"
     " location_id = excluded.location_id, mqtt_username = excluded.mqtt_username,"
     " topic_prefix = excluded.topic_prefix, inactivity_timeout_s = excluded.inactivity_timeout_s,"
-    " assigned = excluded.assigned, updated_at = now()"
+    " assigned = excluded.assigned, decoder_options = excluded.decoder_options, updated_at = now()"
+)
+_DEVICE_COLUMNS: Final = (
+    "id, kind, source, name, location_id, mqtt_username, topic_prefix, inactivity_timeout_s, assigned, decoder_options"
 )
 
 
@@ -562,16 +577,13 @@ def device_from_row(row: Row, antennas: Iterable[Row]) -> Device:
         "inactivity_timeout_s": row["inactivity_timeout_s"],
         "assigned": row["assigned"],
         "antennas": [{"port": a["antenna"], "location": a["location_id"], "side": a["side"]} for a in antennas],
+        "decoder_options": row["decoder_options"],
     }
     return Device.model_validate(fields, context=STORED)
 
 
 def _fetch_device(device_id: str, *, lock: bool = False) -> Plan[Device | None]:
-    query: LiteralString = (
-        "select id, kind, source, name, location_id, mqtt_username, topic_prefix, inactivity_timeout_s,"
-        " assigned"
-        " from devices where id = %(id)s"
-    )
+    query: LiteralString = "select " + _DEVICE_COLUMNS + " from devices where id = %(id)s"
     rows = yield Statement(query + " for update" if lock else query, {"id": device_id})
     if not rows:
         return None
@@ -591,9 +603,7 @@ def get_device(device_id: str) -> Plan[Device]:
 
 def list_devices(kind: DeviceKind | None = None) -> Plan[list[Device]]:
     rows = yield Statement(
-        "select id, kind, source, name, location_id, mqtt_username, topic_prefix, inactivity_timeout_s,"
-        " assigned"
-        " from devices where %(kind)s::text is null or kind = %(kind)s order by id",
+        "select " + _DEVICE_COLUMNS + " from devices where %(kind)s::text is null or kind = %(kind)s order by id",
         {"kind": kind and kind.value},
     )
     antennas = yield Statement(
@@ -657,12 +667,14 @@ def upsert_device(device: Device) -> Plan[Change]:
             ),
             "username": device.mqtt and device.mqtt.username,
             "topic_prefix": device.mqtt and device.mqtt.topic_prefix,
+            "decoder_options": None if device.decoder_options is None else Jsonb(device.decoder_options),
         },
     )
     if stored is None or stored.antennas != device.antennas:
         yield from _write_antennas(device)
     if stored is not None:
-        return Change("device", device.id, Action.UPDATED, changed_fields(stored, device))
+        note = options_changes(stored.decoder_options, device.decoder_options)
+        return Change("device", device.id, Action.UPDATED, changed_fields(stored, device), note)
     seen = yield Statement("select first_seen_at from device_activity where device_id = %(id)s", {"id": device.id})
     note = f"adopted: it has published since {seen[0]['first_seen_at']:%Y-%m-%d %H:%M:%S%z}" if seen else ""
     return Change("device", device.id, Action.CREATED, note=note)
@@ -704,3 +716,43 @@ def device_timezones() -> Plan[dict[str, str]]:
         " where s.timezone is not null order by d.id"
     )
     return {row["id"]: row["timezone"] for row in rows}
+
+
+def options_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str:
+    """What changed inside decoder_options, as ``decoder_options: fields.T1 added, timezone changed``."""
+    before, after = _flatten(old or {}), _flatten(new or {})
+    words = [
+        f"{path} {'added' if path not in before else 'removed' if path not in after else 'changed'}"
+        for path in sorted(before.keys() | after.keys())
+        if before.get(path) != after.get(path)
+    ]
+    return f"decoder_options: {', '.join(words)}" if words else ""
+
+
+def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def decoder_settings() -> Plan[list[DeviceDecoding]]:
+    """What every device's decoder needs from the registry: its options, and its site's time zone."""
+    zones = yield from device_timezones()
+    rows = yield Statement(
+        "select id, source, decoder_options from devices"
+        " where decoder_options is not null or id = any(%(zoned)s) order by id",
+        {"zoned": sorted(zones)},
+    )
+    return [
+        DeviceDecoding(row["id"], row["source"], row["decoder_options"] or {}, zones.get(row["id"])) for row in rows
+    ]
+
+
+def registry_version() -> Plan[int | None]:
+    """A number that changes with every committed change to devices or locations (0101_decoder_options.sql)."""
+    rows = yield Statement("select version from registry_version")
+    return rows[0]["version"] if rows else None

@@ -1,4 +1,4 @@
-"""Commands over the device registry: ``stocktrace apply`` and ``stocktrace devices list|mosquitto``."""
+"""Commands over the device registry: ``stocktrace apply`` and ``stocktrace devices list|show|mosquitto``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import IO, Any, TypeVar
 
 import click
 import psycopg
+import yaml
 
 from devices import health, manifest, mosquitto, registry
 from devices.options import database_option
@@ -36,6 +37,8 @@ def _run(database_url: str, plan: Plan[T]) -> T:
             return registry.run(conn, plan)
         except psycopg.errors.UndefinedTable:
             raise click.ClickException("the registry tables are missing: run `stocktrace migrate` first") from None
+        except registry.RegistryError as exc:
+            raise click.ClickException(exc.message) from None
 
 
 @click.command("apply")
@@ -104,6 +107,33 @@ def list_command(status: health.StatusFilter | None, kind: str | None, database_
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@devices_group.command("show")
+@click.argument("device_id")
+@database_option
+def show_command(device_id: str, database_url: str) -> None:
+    """Show a device's registry entry, decoder options included, as a manifest would declare it.
+
+    \b
+    Example: see which field names a LoRaWAN sensor's readings are taken from
+      stocktrace devices show freezer-probe-1
+    """
+    device = _run(database_url, registry.get_device(device_id))
+    entry = device.model_dump(mode="json")
+    # Leave out what is unset, as a manifest would; mqtt: null (does not connect itself) is a statement.
+    if entry["mqtt"] is not None:
+        entry["mqtt"] = {key: value for key, value in entry["mqtt"].items() if value is not None}
+    if entry["decoder_options"] is not None:
+        entry["decoder_options"] = _sorted(entry["decoder_options"])  # jsonb keeps no order of its own
+    shown = {key: value for key, value in entry.items() if key == "mqtt" or value not in (None, [])}
+    click.echo(yaml.safe_dump([shown], sort_keys=False, allow_unicode=True), nl=False)
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    return value
 
 
 def _user_password(_: click.Context, __: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:

@@ -3,6 +3,9 @@
 Back-pressure is the broker's receive maximum: while a commit is failing nothing is acknowledged, so the
 broker stops sending once that many messages are in flight, and memory stays bounded. When the connection
 drops, what was received but not committed is forgotten; the persistent session redelivers it.
+
+Given the registry's database, the consumer decodes each device's messages with that device's decoder
+options and follows registry changes while it runs (ingest/decoder_config.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 import psycopg
 
 from ingest import metrics
-from ingest.batch import Inbox, Rows, decode_inbox
+from ingest.batch import Decoding, Inbox, Rows
+from ingest.decoder_config import DEFAULT_POLL_S, DecoderConfig
 from ingest.routes import Router
 from ingest.wire import BrokerOptions, Connection, MqttError
 from ingest.writer import Writer
@@ -68,13 +72,19 @@ class Consumer:
         writer: Writer,
         policy: BatchPolicy = BatchPolicy(),
         on_commit: Callable[[Committed], None] | None = None,
+        *,
+        registry_url: str | None = None,
+        registry_poll_s: float = DEFAULT_POLL_S,
     ) -> None:
+        """``registry_url``: the database whose registry holds the devices' decoder options (and the stored
+        Sparkplug births); without it, every device is decoded with its format's defaults."""
         self._broker = broker
         self._filters = list(topic_filters)
         self._router = router
         self._writer = writer
         self._policy = policy
         self._on_commit = on_commit
+        self._config = None if registry_url is None else DecoderConfig(registry_url, router, registry_poll_s)
         self._inbox = Inbox()
         self._has_messages = asyncio.Event()
         self._full = asyncio.Event()
@@ -95,6 +105,18 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; then commit and acknowledge what was received, and disconnect."""
+        polling = None if self._config is None else asyncio.create_task(self._config.run(stop))
+        try:
+            await self._consume(stop)
+        finally:
+            if polling is not None:
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
+            if self._config is not None:
+                await self._config.close()  # the last batch may have read births after polling stopped
+        await self._writer.close()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         attempt = 0
         while not stop.is_set():
             try:
@@ -119,7 +141,6 @@ class Consumer:
                 self._has_messages.clear()
                 self._full.clear()
                 await connection.close()
-        await self._writer.close()
 
     async def _retry_later(self, stop: asyncio.Event, attempt: int, reason: str) -> int:
         delay = _backoff(attempt)
@@ -140,7 +161,7 @@ class Consumer:
                 inbox, self._inbox = self._inbox, Inbox()
                 self._has_messages.clear()
                 self._full.clear()
-                rows = self._decode(inbox) if inbox.topics else None
+                rows = await self._decode(inbox, stop) if inbox.topics else None
                 if writing is not None:
                     await self._finish(writing, connection)
                     writing = None
@@ -176,8 +197,19 @@ class Consumer:
             await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             full.cancel()
 
-    def _decode(self, inbox: Inbox) -> Rows:
-        return decode_inbox(inbox, self._router, datetime.now(UTC), self._policy.max_payload_bytes)
+    async def _decode(self, inbox: Inbox, stop: asyncio.Event) -> Rows | None:
+        """The batch's rows; None if stopped before the registry could be read (nothing is acknowledged)."""
+        if self._config is not None and not await self._config.ready(stop):
+            return None
+        decoding = Decoding(inbox, self._router, datetime.now(UTC), self._policy.max_payload_bytes)
+        while (need := decoding.run()) is not None:
+            # A Sparkplug decoder met data it cannot name: births another worker stored may name it.
+            if self._config is not None:
+                await self._config.load_births(need, decoding.rows.received_at)
+            else:
+                for device_id in need.device_ids:
+                    need.book.record(device_id, None, decoding.rows.received_at)
+        return decoding.rows
 
     async def _store(self, inbox: Inbox, rows: Rows, stop: asyncio.Event) -> bool:
         """Store the rows, retrying while the database is down; False if we were stopped first."""

@@ -8,6 +8,7 @@ from typing import Final
 
 from paho.mqtt.client import topic_matches_sub
 
+from devices.decoder_options import build_decoders
 from devices.decoders import DECODERS, Decoder
 from devices.decoders.native import TOPIC_ROOT
 
@@ -43,13 +44,16 @@ def check_routes(routes: Sequence[Route], decoders: Mapping[str, Decoder]) -> No
 class Router:
     """Finds the decoder of a topic: the first matching route, else the native format under ``stocktrace/``.
 
-    Devices publish on a few thousand distinct topics, so the answer is cached per topic.
+    Devices publish on a few thousand distinct topics, so the answer is cached per topic. The decoders are the
+    router's own (a stateful decoder such as Sparkplug's follows what this worker saw); `use` swaps in decoders
+    rebuilt with new device options, and the cache starts over.
     """
 
-    def __init__(self, routes: Sequence[Route], decoders: Mapping[str, Decoder] = DECODERS) -> None:
-        check_routes(routes, decoders)
-        self._routes = [(route.topic_filter, decoders[route.decoder]) for route in routes]
-        self._routes.append((NATIVE_FILTER, decoders["native"]))
+    def __init__(self, routes: Sequence[Route], decoders: Mapping[str, Decoder] | None = None) -> None:
+        self._decoders = dict(decoders) if decoders is not None else build_decoders(()).decoders
+        check_routes(routes, self._decoders)
+        self._routes = [(route.topic_filter, route.decoder) for route in routes]
+        self._routes.append((NATIVE_FILTER, "native"))
         self._cache: dict[str, Decoder | None] = {}
 
     @property
@@ -57,12 +61,24 @@ class Router:
         """The routed filters (the native fallback is subscribed through STOCKTRACE_MQTT_TOPICS)."""
         return [topic_filter for topic_filter, _ in self._routes[:-1]]
 
+    @property
+    def decoders(self) -> Mapping[str, Decoder]:
+        """The decoder of each source format, as `resolve` hands them out."""
+        return self._decoders
+
+    def use(self, decoders: Mapping[str, Decoder]) -> None:
+        """Decode with these from the next message on (a registry change rebuilt them)."""
+        check_routes([Route(f, name) for f, name in self._routes], decoders)
+        self._decoders = dict(decoders)
+        self._cache.clear()
+
     def resolve(self, topic: str) -> Decoder | None:
         try:
             return self._cache[topic]
         except KeyError:
             pass
-        found = next((decoder for pattern, decoder in self._routes if topic_matches_sub(pattern, topic)), None)
+        name = next((name for pattern, name in self._routes if topic_matches_sub(pattern, topic)), None)
+        found = None if name is None else self._decoders[name]
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[topic] = found

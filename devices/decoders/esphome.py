@@ -44,7 +44,7 @@ class ESPHome:
     """Decoder for ESPHome nodes; ``devices`` maps a node's sensor names to quantities where names don't tell.
 
     A device's ``FieldMap`` is consulted first (``quantities`` keyed by the sensor's object id, with its
-    ``fahrenheit`` and ``millivolts`` units); sensors it does not list fall back to the name hints.
+    ``fahrenheit``, ``millivolts`` and ``pascals`` units); sensors it does not list fall back to the name hints.
     """
 
     def __init__(self, devices: Mapping[str, FieldMap] | None = None) -> None:
@@ -69,25 +69,26 @@ class ESPHome:
             value = round((value - 32.0) * 5.0 / 9.0, 3)
         elif unit == "mV":
             value = round(value / 1000.0, 6)
+        elif unit == "Pa":
+            value = round(value / 100.0, 4)
         return Measurement(device_id, message.received_at, quantity, value, {"sensor": sensor})
 
     def _classify(self, device_id: str, sensor: str) -> tuple[Quantity, str]:
         fields = self._devices.get(device_id)
         name = sensor.lower()
         if fields is not None and name in fields.quantities:
-            unit = "F" if name in fields.fahrenheit else "mV" if name in fields.millivolts else ""
-            return fields.quantities[name], unit
+            return fields.quantities[name], _unit(fields, name)
         words = set(_WORD.split(name))
         if words & _TEMPERATURE and words & _CHIP:
             raise DecodeError(
-                f"sensor {sensor!r} reads the node's own chip temperature, not the goods; map it in the "
-                f"field map of device {device_id!r} if it does measure them"
+                f"sensor {sensor!r} reads the node's own chip temperature, not the goods; map it under "
+                f"decoder_options.sensors of device {device_id!r} if it does measure them"
             )
         hinted = _hint(words)
         if hinted is None:
             raise DecodeError(
                 f"sensor {sensor!r} has no quantity mapping; name it with temperature, humidity, pressure, "
-                f"battery or signal in ESPHome, or map it in the field map of device {device_id!r}"
+                f"battery or signal in ESPHome, or map it under decoder_options.sensors of device {device_id!r}"
             )
         return hinted
 
@@ -97,7 +98,17 @@ def _lowered(fields: FieldMap) -> FieldMap:
         quantities={name.lower(): quantity for name, quantity in fields.quantities.items()},
         fahrenheit=frozenset(name.lower() for name in fields.fahrenheit),
         millivolts=frozenset(name.lower() for name in fields.millivolts),
+        pascals=frozenset(name.lower() for name in fields.pascals),
     )
+
+
+def _unit(fields: FieldMap, name: str) -> str:
+    """The unit a mapped sensor reports in, when it is not the quantity's own."""
+    if name in fields.fahrenheit:
+        return "F"
+    if name in fields.millivolts:
+        return "mV"
+    return "Pa" if name in fields.pascals else ""
 
 
 def _hint(words: set[str]) -> tuple[Quantity, str] | None:

@@ -67,6 +67,8 @@ class FieldMap:
     """Names among ``quantities`` whose values are °F; they are converted to °C."""
     millivolts: frozenset[str] = frozenset()
     """Names among ``quantities`` whose values are mV; they are converted to V."""
+    pascals: frozenset[str] = frozenset()
+    """Names among ``quantities`` whose values are Pa; they are converted to hPa."""
     latitude: frozenset[str] = frozenset()
     longitude: frozenset[str] = frozenset()
     altitude: frozenset[str] = frozenset()
@@ -129,6 +131,7 @@ class _Roles:
             self._roles.update((name.lower(), part) for name in names)
         self._fahrenheit = {name.lower() for name in fields.fahrenheit}
         self._millivolts = {name.lower() for name in fields.millivolts}
+        self._pascals = {name.lower() for name in fields.pascals}
 
     def lookup(self, path: tuple[str, ...]) -> tuple[str, Role] | None:
         """The matched name and the role of a field at ``path``, or None when the map does not know it."""
@@ -147,6 +150,8 @@ class _Roles:
             number = round((number - 32.0) * 5.0 / 9.0, 3)
         elif name in self._millivolts:
             number = round(number / 1000.0, 6)
+        elif name in self._pascals:
+            number = round(number / 100.0, 4)
         low, high = _PLAUSIBLE[quantity]
         return number if low <= number <= high else None
 
@@ -258,7 +263,7 @@ class _Fields:
         fields = ", ".join(sorted(".".join(path) for path, _ in _leaves(self._uplink.decoded, ())))
         return (
             f"decoded payload has no field mapped to a quantity or a position (fields: {fields[:300]}); "
-            "add the device's field names to its field map"
+            "map the device's field names under decoder_options.fields of its registry entry"
         )
 
 

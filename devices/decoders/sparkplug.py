@@ -26,13 +26,16 @@ What each message becomes:
   requests among them); they observe no device.
 
 Metric names map to quantities through ``SparkplugDecoder(metrics={name: target})``, merged over
-``DEFAULT_METRICS``. A name matches case-insensitively, in full (``Cold Room/Probe 1``) or by its last
-folder segment (``Sensors/Temperature`` matches ``temperature``); the full name wins. The targets are in
-``TARGETS``; ``temperature_f``, ``battery_mv`` and ``pressure_pa`` are converted to °C, V and hPa. Each
-measurement keeps its metric's name in ``extra["metric"]`` (two probes may both map to temperature), and
-``historical``, ``transient`` and ``properties`` when the metric has them. A metric's timestamp (ms since
-1970) takes precedence over the payload's, which takes precedence over the time of receipt. DataSet and
-Template values, arrays, bytes (as hex) and DateTime values (as ISO 8601) are kept in extra as JSON.
+``DEFAULT_METRICS``, and per edge node or device through ``devices={device_id: {name: target}}`` merged over
+those (a device's over its edge node's, which a device without a map of its own uses); the registry's
+``decoder_options.metrics`` become these. A name matches case-insensitively, in full (``Cold Room/Probe 1``)
+or by its last folder segment (``Sensors/Temperature`` matches ``temperature``); the full name wins. The
+targets are in ``TARGETS``; ``temperature_f``, ``battery_mv`` and ``pressure_pa`` are converted to °C, V and
+hPa. Each measurement keeps its metric's name in ``extra["metric"]`` (two probes may both map to
+temperature), and ``historical``, ``transient`` and ``properties`` when the metric has them. A metric's
+timestamp (ms since 1970) takes precedence over the payload's, which takes precedence over the time of
+receipt. DataSet and Template values, arrays, bytes (as hex) and DateTime values (as ISO 8601) are kept in
+extra as JSON.
 
 State. The decoder is a callable object: per edge node it keeps the last ``seq``, the NBIRTH's ``bdSeq``
 and the alias tables of the node and of each device. Sequence numbers count every message of an edge
@@ -45,11 +48,16 @@ At most one rebirth is requested per edge node per ``rebirth_interval`` of messa
 flooded with requests.
 
 Shared subscriptions. When several workers share the MQTT load, a birth may reach one worker and the data
-that follows it another. Each worker keeps the state of what it saw: a worker that gets data it cannot
-name asks for a rebirth instead of dropping the values, and keeps them by alias in extra or in the rebirth
-status. Values go to the dead letters only when nothing in the message could be decoded and no rebirth was
-due. The edge node answers a rebirth with a new birth, which again reaches one worker only; routing each
-edge node's topics to one worker is what makes every name resolve at once.
+that follows it another. Every birth is stored (it is the birth status, whose extra holds the alias table),
+so a decoder given a ``BirthBook`` first looks there when it meets data it cannot name: data before any
+birth, from a device without a birth, or with an alias its table lacks. The decoder does no I/O: when the
+book has not been filled for those ids lately it raises ``BirthsNotLoadedError`` before changing any
+state; ingest loads the latest stored births of those ids into the book and hands the message over again.
+A stored birth newer than the one the decoder holds is adopted (a newer NBIRTH starts the node afresh);
+the sequence number of an adopted node is taken from the next message. Only when no stored birth names
+the data does the decoder ask for a rebirth: it keeps the values by alias in extra or in the rebirth
+status, and they go to the dead letters only when nothing in the message could be decoded and no rebirth
+was due.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -73,6 +81,8 @@ REBIRTH_METRIC: Final = "Node Control/Rebirth"
 BDSEQ_METRIC: Final = "bdSeq"
 SEQ_MODULUS: Final = 256
 DEFAULT_REBIRTH_INTERVAL: Final = timedelta(seconds=30)
+DEFAULT_BIRTH_REFRESH: Final = timedelta(seconds=2)
+_NEVER: Final = datetime.min.replace(tzinfo=UTC)
 MAX_DATASET_ROWS: Final = 1000
 _NODE_KINDS: Final = frozenset({"NBIRTH", "NDEATH", "NDATA", "NCMD"})
 _DEVICE_KINDS: Final = frozenset({"DBIRTH", "DDEATH", "DDATA", "DCMD"})
@@ -173,7 +183,80 @@ class _EdgeNode:
     born: bool = False
     aliases: dict[str | None, dict[int, _Definition]] = field(default_factory=dict)
     """Alias tables by device id; ``None`` is the edge node's own table."""
+    born_at: dict[str | None, datetime] = field(default_factory=dict)
+    """When each table's birth was received, to tell whether a stored birth is newer."""
     rebirth_requested_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBirth:
+    """An NBIRTH or DBIRTH as ingest stored it, read back by a worker that did not see it."""
+
+    born_at: datetime
+    """When it was received (the stored row's ``received_at``): births compare by it across workers."""
+    bd_seq: int | None
+    aliases: Mapping[int, _Definition]
+
+
+def stored_birth(extra: Mapping[str, Any], received_at: datetime) -> StoredBirth:
+    """The alias table of a stored birth status, from its extra (``bdSeq``, ``metrics``: name → alias, datatype)."""
+    aliases: dict[int, _Definition] = {}
+    metrics = extra.get("metrics")
+    for label, declared in metrics.items() if isinstance(metrics, Mapping) else ():
+        alias = declared.get("alias") if isinstance(declared, Mapping) else None
+        # A metric the birth did not name is labelled "alias N": it names nothing.
+        if isinstance(alias, int) and not isinstance(alias, bool) and label != f"alias {alias}":
+            aliases[alias] = _Definition(str(label), _type_number(declared.get("datatype")))
+    bd_seq = extra.get("bdSeq")
+    known = isinstance(bd_seq, int) and not isinstance(bd_seq, bool)
+    return StoredBirth(received_at, bd_seq if known else None, aliases)
+
+
+class BirthsNotLoadedError(Exception):
+    """The decoder needs the stored births of these ids and ``book`` has none fresh; raised before any change.
+
+    Whoever can read the database records what it holds for each id in ``book`` and decodes the message again.
+    """
+
+    def __init__(self, book: BirthBook, device_ids: Sequence[str]) -> None:
+        super().__init__(f"stored births needed for {', '.join(device_ids)}")
+        self.book = book
+        self.device_ids = list(device_ids)
+
+
+class BirthBook:
+    """Births stored by every worker, as ingest last loaded them: the decoder reads it, ingest fills it.
+
+    An entry (a birth, or ``None`` when none is stored) is used for ``fresh_for`` of message time; after that
+    the decoder asks for it again, since another worker may have stored a newer birth by then.
+    """
+
+    def __init__(self, fresh_for: timedelta = DEFAULT_BIRTH_REFRESH) -> None:
+        self._fresh_for = fresh_for
+        self._entries: dict[str, tuple[datetime, StoredBirth | None]] = {}
+
+    def record(self, device_id: str, birth: StoredBirth | None, at: datetime) -> None:
+        """What the database holds for ``device_id`` (``group/node`` or ``group/node/device``), as of ``at``."""
+        self._entries[device_id] = (at, birth)
+
+    def forget(self, node_id: str) -> None:
+        """Drop what was loaded for an edge node and its devices: a new birth of theirs is awaited."""
+        for device_id in [key for key in self._entries if key == node_id or key.startswith(f"{node_id}/")]:
+            del self._entries[device_id]
+
+    def latest(self, device_ids: Sequence[str], at: datetime) -> dict[str, StoredBirth | None]:
+        """The stored birth of each id; raises `BirthsNotLoadedError` for ids not loaded within ``fresh_for``."""
+        found: dict[str, StoredBirth | None] = {}
+        stale: list[str] = []
+        for device_id in device_ids:
+            entry = self._entries.get(device_id)
+            if entry is None or not timedelta(0) <= at - entry[0] < self._fresh_for:
+                stale.append(device_id)
+            else:
+                found[device_id] = entry[1]
+        if stale:
+            raise BirthsNotLoadedError(self, stale)
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,15 +277,31 @@ class SparkplugDecoder:
         self,
         metrics: Mapping[str, str] | None = None,
         rebirth_interval: timedelta = DEFAULT_REBIRTH_INTERVAL,
+        *,
+        devices: Mapping[str, Mapping[str, str]] | None = None,
+        births: BirthBook | None = None,
     ) -> None:
-        merged = {**DEFAULT_METRICS, **(metrics or {})}
-        wrong = sorted({target for target in merged.values() if target not in TARGETS})
-        if wrong:
-            message = f"unknown Sparkplug metric targets {wrong}; expected one of {', '.join(TARGETS)}"
-            raise ValueError(message)
-        self._targets = {name.lower(): target for name, target in merged.items()}
+        self._metrics = dict(metrics or {})
+        self._targets = _targets({**DEFAULT_METRICS, **self._metrics})
+        own = devices or {}
+        # A device's map is laid over its edge node's (``group/node/device`` is inside ``group/node``).
+        self._device_targets = {
+            device_id: _targets(
+                {**DEFAULT_METRICS, **self._metrics, **own.get(device_id.rsplit("/", 1)[0], {}), **metrics}
+                if device_id.count("/") == 2
+                else {**DEFAULT_METRICS, **self._metrics, **metrics}
+            )
+            for device_id, metrics in own.items()
+        }
         self._rebirth_interval = rebirth_interval
+        self._book = births
         self._nodes: dict[tuple[str, str], _EdgeNode] = {}
+
+    def reconfigured(self, devices: Mapping[str, Mapping[str, str]]) -> SparkplugDecoder:
+        """This decoder with other per-device metric maps, carrying on with the edge nodes it follows."""
+        decoder = SparkplugDecoder(self._metrics, self._rebirth_interval, devices=devices, births=self._book)
+        decoder._nodes = self._nodes
+        return decoder
 
     def __call__(self, message: RawMessage) -> list[Reading]:
         topic = _parse_topic(message.topic)
@@ -228,11 +327,15 @@ class SparkplugDecoder:
         node = _EdgeNode(seq=_seq(payload), bd_seq=_bd_seq(payload), born=True)
         self._nodes[topic.group, topic.node] = node
         node.aliases[None] = _definitions(payload)
+        node.born_at[None] = received_at
         return self._birth(topic, payload, received_at, {"seq": node.seq, "bdSeq": node.bd_seq})
 
     def _device_birth(self, topic: _Topic, payload: pb.Payload, received_at: datetime) -> list[Reading]:
+        if self._book is not None and not self._born(topic):
+            self._recall(topic, received_at, device=False)
         node, trouble = self._follow(topic, payload)
         node.aliases[topic.device] = _definitions(payload)
+        node.born_at[topic.device] = received_at
         rebirth = self._rebirth(topic, node, trouble, received_at, {})
         return [*rebirth, *self._birth(topic, payload, received_at, {"seq": node.seq})]
 
@@ -247,7 +350,7 @@ class SparkplugDecoder:
             "birth",
             extra={**extra, "metrics": table},
         )
-        readings, _ = self._readings(topic.device_id, values)
+        readings, _ = self._readings(topic.device_id, values, self._targets_of(topic))
         return [status, *readings]
 
     def _node_death(self, topic: _Topic, payload: pb.Payload, received_at: datetime) -> list[Reading]:
@@ -263,24 +366,75 @@ class SparkplugDecoder:
         ]
 
     def _device_death(self, topic: _Topic, payload: pb.Payload, received_at: datetime) -> list[Reading]:
+        if self._book is not None and not self._born(topic):
+            self._recall(topic, received_at, device=False)
         node, trouble = self._follow(topic, payload)
         node.aliases.pop(topic.device, None)
+        node.born_at.pop(topic.device, None)
         at = _payload_time(payload, received_at)
         status = DeviceStatus(topic.device_id, at, False, "death-certificate", extra={"seq": _seq(payload)})
         return [*self._rebirth(topic, node, trouble, received_at, {}), status]
 
     def _data(self, topic: _Topic, payload: pb.Payload, received_at: datetime) -> list[Reading]:
+        if self._book is not None and (self._lacks_names(topic, payload) or self._awaits_rebirth(topic, payload)):
+            self._recall(topic, received_at, device=True)
         node, trouble = self._follow(topic, payload)
         if trouble is None and topic.device not in node.aliases:
             trouble = {"cause": "no-device-birth"}
         values = _values(payload, node.aliases.get(topic.device, {}), received_at)
         if trouble is None and any(v.name is None for v in values):
             trouble = {"cause": "unknown-alias"}
-        readings, leftovers = self._readings(topic.device_id, values)
+        readings, leftovers = self._readings(topic.device_id, values, self._targets_of(topic))
         rebirth = self._rebirth(topic, node, trouble, received_at, {} if readings else leftovers)
         if not readings and not rebirth:
             raise DecodeError(self._nothing_decoded(topic, values, node))
         return [*rebirth, *readings]
+
+    def _born(self, topic: _Topic) -> bool:
+        node = self._nodes.get((topic.group, topic.node))
+        return node is not None and node.born
+
+    def _lacks_names(self, topic: _Topic, payload: pb.Payload) -> bool:
+        """Whether this data message has a metric that no birth this decoder holds names."""
+        node = self._nodes.get((topic.group, topic.node))
+        table = node.aliases.get(topic.device) if node is not None and node.born else None
+        if table is None:
+            return True
+        return any(not m.name and (not m.HasField("alias") or m.alias not in table) for m in payload.metrics)
+
+    def _awaits_rebirth(self, topic: _Topic, payload: pb.Payload) -> bool:
+        """Whether this decoder asked for a rebirth that it has not seen, and this message's seq shows a gap: the
+        new session has begun and its NBIRTH went to another worker (aliases may mean other metrics now)."""
+        node = self._nodes.get((topic.group, topic.node))
+        if node is None or not node.born or node.rebirth_requested_at is None or node.seq is None:
+            return False
+        if node.rebirth_requested_at <= node.born_at.get(None, _NEVER):
+            return False  # answered
+        seq = _seq(payload)
+        return seq is not None and seq != (node.seq + 1) % SEQ_MODULUS
+
+    def _recall(self, topic: _Topic, at: datetime, *, device: bool) -> None:
+        """Adopt the births stored for this message's edge node (and device) that are newer than those held.
+
+        Raises `BirthsNotLoadedError`, having changed nothing, when the book has not loaded them lately.
+        """
+        assert self._book is not None
+        wanted = [topic.node_id, topic.device_id] if device and topic.device is not None else [topic.node_id]
+        births = self._book.latest(wanted, at)
+        key = (topic.group, topic.node)
+        node = self._nodes.get(key)
+        stored = births.get(topic.node_id)
+        if stored is not None and (node is None or not node.born or stored.born_at > node.born_at.get(None, _NEVER)):
+            # A newer NBIRTH is a new session: the devices' tables of the old one are void (§6.4.20).
+            rebirth_requested_at = node.rebirth_requested_at if node is not None else None
+            node = _EdgeNode(bd_seq=stored.bd_seq, born=True, rebirth_requested_at=rebirth_requested_at)
+            node.aliases[None], node.born_at[None] = dict(stored.aliases), stored.born_at
+            self._nodes[key] = node
+        if node is None or not node.born or topic.device is None:
+            return
+        stored = births.get(topic.device_id)
+        if stored is not None and stored.born_at > node.born_at.get(topic.device, _NEVER):
+            node.aliases[topic.device], node.born_at[topic.device] = dict(stored.aliases), stored.born_at
 
     def _follow(self, topic: _Topic, payload: pb.Payload) -> tuple[_EdgeNode, dict[str, Any] | None]:
         """The edge node's state after this message, and why a rebirth is due (``None`` when it is not)."""
@@ -306,13 +460,24 @@ class SparkplugDecoder:
         if trouble is None or (last is not None and timedelta(0) <= at - last < self._rebirth_interval):
             return []
         node.rebirth_requested_at = at
+        if self._book is not None:
+            self._book.forget(topic.node_id)  # what it loaded is older than the birth now asked for
         extra = {**trouble, **({"device": topic.device} if topic.device else {}), **leftovers}
         return [
             _rebirth_request(topic.group, topic.node, at),
             DeviceStatus(topic.node_id, at, True, "rebirth-requested", extra=extra),
         ]
 
-    def _readings(self, device_id: str, values: Sequence[_Value]) -> tuple[list[Reading], dict[str, Any]]:
+    def _targets_of(self, topic: _Topic) -> Mapping[str, str]:
+        """The metric map of the message's device, else of its edge node, else the decoder's own."""
+        if not self._device_targets:
+            return self._targets
+        own = self._device_targets.get(topic.device_id) or self._device_targets.get(topic.node_id)
+        return self._targets if own is None else own
+
+    def _readings(
+        self, device_id: str, values: Sequence[_Value], targets: Mapping[str, str]
+    ) -> tuple[list[Reading], dict[str, Any]]:
         """Readings of the mapped metrics, each with the other metrics in extra; and those others alone."""
         mapped: list[tuple[_Value, str]] = []
         positional: dict[str, _Value] = {}
@@ -325,7 +490,7 @@ class SparkplugDecoder:
             elif value.is_null:
                 nulls.append(value.name)
             else:
-                self._sort(value, value.name, mapped, positional, others)
+                _sort(value, _target(targets, value.name), mapped, positional, others)
         position = _position(device_id, positional, others)
         shared = {**others, **({"null_metrics": nulls} if nulls else {})}
         shared |= {"unknown_aliases": unnamed} if unnamed else {}
@@ -333,26 +498,6 @@ class SparkplugDecoder:
         if position is not None:
             readings.append(_with_extra(position, shared))
         return readings, shared
-
-    def _sort(
-        self,
-        value: _Value,
-        name: str,
-        mapped: list[tuple[_Value, str]],
-        positional: dict[str, _Value],
-        others: dict[str, Any],
-    ) -> None:
-        target = self._target(name)
-        if target is None or not _is_number(value.value):
-            others[name] = value.value
-        elif target in _UNITS:
-            mapped.append((value, target))
-        else:
-            positional[target] = value
-
-    def _target(self, name: str) -> str | None:
-        lowered = name.lower()
-        return self._targets.get(lowered) or self._targets.get(lowered.rsplit("/", 1)[-1])
 
     def _nothing_decoded(self, topic: _Topic, values: Sequence[_Value], node: _EdgeNode) -> str:
         named = [v.name for v in values if v.name is not None and not v.is_null]
@@ -362,7 +507,7 @@ class SparkplugDecoder:
         if named:
             parts.append(
                 f"metrics {named} are not mapped; map a name to one of {', '.join(TARGETS)} "
-                "with SparkplugDecoder(metrics={name: target})"
+                f"under decoder_options.metrics of {topic.device_id!r} in the registry"
             )
         if nulls:
             parts.append(f"metrics {nulls} are null")
@@ -374,6 +519,35 @@ class SparkplugDecoder:
         if not values:
             parts.append("the payload carries no metrics")
         return "; ".join(parts)
+
+
+def _targets(merged: Mapping[str, str]) -> dict[str, str]:
+    wrong = sorted({target for target in merged.values() if target not in TARGETS})
+    if wrong:
+        message = f"unknown Sparkplug metric targets {wrong}; expected one of {', '.join(TARGETS)}"
+        raise ValueError(message)
+    return {name.lower(): target for name, target in merged.items()}
+
+
+def _target(targets: Mapping[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    return targets.get(lowered) or targets.get(lowered.rsplit("/", 1)[-1])
+
+
+def _sort(
+    value: _Value,
+    target: str | None,
+    mapped: list[tuple[_Value, str]],
+    positional: dict[str, _Value],
+    others: dict[str, Any],
+) -> None:
+    assert value.name is not None
+    if target is None or not _is_number(value.value):
+        others[value.name] = value.value
+    elif target in _UNITS:
+        mapped.append((value, target))
+    else:
+        positional[target] = value
 
 
 def _parse_topic(topic: str) -> _Topic:
@@ -468,6 +642,16 @@ def _label(value: _Value) -> str:
 def _declaration(metric: pb.Payload.Metric, value: _Value) -> dict[str, Any]:
     declared: dict[str, Any] = {"alias": value.alias} if value.alias is not None else {}
     return declared | {"datatype": _type_name(metric.datatype), "value": value.value}
+
+
+def _type_number(name: object) -> int:
+    """A datatype as ``_type_name`` wrote it, back to its number (0, Unknown, when it cannot be read)."""
+    text = str(name)
+    try:
+        return int(pb.DataType.Value(text))
+    except ValueError:
+        number = text.removeprefix("type ")
+        return int(number) if number.isdigit() else 0
 
 
 def _type_name(datatype: int) -> str:

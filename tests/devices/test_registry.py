@@ -385,6 +385,7 @@ def test_device_ids_with_slashes_and_antenna_maps(api: Api) -> None:
         "inactivity_timeout_s": None,
         "assigned": True,
         "antennas": [],
+        "decoder_options": None,
     }
     put = api.put("/api/v1/devices/fx-1/antennas/1", json={"port": 1, "location": "dock-1", "side": "out"})
     assert put.status_code == 200

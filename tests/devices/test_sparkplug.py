@@ -5,6 +5,7 @@ Each test starts a fresh decoder; the golden cases in cases/sparkplug-b cover si
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,14 @@ import pytest
 
 from devices.decoders import DECODERS, DecodeError
 from devices.decoders import sparkplug_b_pb2 as pb
-from devices.decoders.sparkplug import BENCH_SAMPLE, SparkplugDecoder
+from devices.decoders.sparkplug import (
+    BENCH_SAMPLE,
+    BirthBook,
+    BirthsNotLoadedError,
+    SparkplugDecoder,
+    StoredBirth,
+    stored_birth,
+)
 from devices.reading import DeviceStatus, Measurement, Position, Quantity, RawMessage, Reading, Reply
 
 AT = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -188,9 +196,7 @@ def test_rebirth_requests_are_spaced_by_the_interval() -> None:
     assert replies(decode(decoder, "NDATA", body))
     with pytest.raises(DecodeError, match=r"aliases \['2'\] were named by no birth"):
         decode(decoder, "NDATA", payload(6, by_alias(2, float_value=5.5)), at=AT + timedelta(seconds=10))
-    assert replies(
-        decode(decoder, "NDATA", payload(7, by_alias(2, float_value=5.5)), at=AT + timedelta(seconds=31))
-    )
+    assert replies(decode(decoder, "NDATA", payload(7, by_alias(2, float_value=5.5)), at=AT + timedelta(seconds=31)))
 
 
 def test_a_worker_that_missed_the_birth_asks_for_one_instead_of_losing_data() -> None:
@@ -202,9 +208,7 @@ def test_a_worker_that_missed_the_birth_asks_for_one_instead_of_losing_data() ->
     (status,) = [r for r in readings if isinstance(r, DeviceStatus)]
     assert status.extra["unknown_aliases"] == {"2": 5.0}
     decode(second, "NBIRTH", nbirth())  # the rebirth reaches the second worker
-    assert [
-        m.value for m in measurements(decode(second, "NDATA", payload(1, by_alias(2, float_value=5.0))))
-    ] == [5.0]
+    assert [m.value for m in measurements(decode(second, "NDATA", payload(1, by_alias(2, float_value=5.0))))] == [5.0]
 
 
 def test_data_from_a_device_without_a_birth_requests_a_rebirth(decoder: SparkplugDecoder) -> None:
@@ -242,9 +246,7 @@ def test_ddeath_takes_the_device_offline(decoder: SparkplugDecoder) -> None:
     decode(decoder, "NBIRTH", nbirth())
     decode(decoder, "DBIRTH", dbirth(1), "Probe 1")
     readings = decode(decoder, "DDEATH", payload(2), "Probe 1")
-    assert readings == [
-        DeviceStatus("Plant 1/Gateway 1/Probe 1", AT, False, "death-certificate", extra={"seq": 2})
-    ]
+    assert readings == [DeviceStatus("Plant 1/Gateway 1/Probe 1", AT, False, "death-certificate", extra={"seq": 2})]
     # Its aliases died with it.
     assert replies(decode(decoder, "DDATA", payload(3, by_alias(10, float_value=1.0)), "Probe 1"))
 
@@ -252,9 +254,7 @@ def test_ddeath_takes_the_device_offline(decoder: SparkplugDecoder) -> None:
 def test_null_metrics_are_skipped_and_noted(decoder: SparkplugDecoder) -> None:
     decode(decoder, "NBIRTH", nbirth())
     readings = decode(decoder, "NDATA", payload(1, by_alias(2, float_value=5.0), by_alias(3, is_null=True)))
-    assert [(m.value, m.extra["null_metrics"]) for m in measurements(readings)] == [
-        (5.0, ["Cold Room/Door Offset"])
-    ]
+    assert [(m.value, m.extra["null_metrics"]) for m in measurements(readings)] == [(5.0, ["Cold Room/Door Offset"])]
     with pytest.raises(DecodeError, match=r"metrics \['Cold Room/Temperature'\] are null"):
         decode(decoder, "NDATA", payload(2, by_alias(2, is_null=True)))
 
@@ -262,7 +262,8 @@ def test_null_metrics_are_skipped_and_noted(decoder: SparkplugDecoder) -> None:
 def test_a_payload_without_mapped_metrics_says_how_to_map_them(decoder: SparkplugDecoder) -> None:
     decode(decoder, "NBIRTH", nbirth())
     with pytest.raises(
-        DecodeError, match=r"\['Cold Room/Door Offset'\] are not mapped.*SparkplugDecoder\(metrics="
+        DecodeError,
+        match=r"\['Cold Room/Door Offset'\] are not mapped.*decoder_options\.metrics of 'Plant 1/Gateway 1'",
     ):
         decode(decoder, "NDATA", payload(1, by_alias(3, int_value=2)))
 
@@ -329,9 +330,7 @@ def test_commands_are_not_readings(decoder: SparkplugDecoder) -> None:
         ("spAv1.0/G/NDATA/N", "is not spBv1.0/"),
     ],
 )
-def test_topics_outside_the_namespace_are_refused(
-    decoder: SparkplugDecoder, bad_topic: str, error: str
-) -> None:
+def test_topics_outside_the_namespace_are_refused(decoder: SparkplugDecoder, bad_topic: str, error: str) -> None:
     with pytest.raises(DecodeError, match=error):
         decoder(RawMessage(bad_topic, nbirth(), AT))
 
@@ -351,3 +350,95 @@ def test_the_bench_sample_is_a_birth_with_names() -> None:
 
 def test_registered_as_sparkplug_b() -> None:
     assert isinstance(DECODERS["sparkplug-b"], SparkplugDecoder)
+
+
+# --- births shared between workers: the decoder's side (ingest's is in tests/ingest/test_sparkplug_births.py) ---
+
+
+def stored(readings: list[Reading]) -> StoredBirth:
+    """What another worker's database row gives back for the birth status among ``readings``."""
+    (status,) = [r for r in readings if isinstance(r, DeviceStatus) and r.reason == "birth"]
+    return stored_birth(json.loads(json.dumps(status.extra)), AT)
+
+
+def test_a_stored_birth_reads_back_as_the_alias_table() -> None:
+    birth = stored(SparkplugDecoder()(RawMessage(topic("NBIRTH"), nbirth(bd_seq=7), AT)))
+    assert birth.bd_seq == 7
+    assert {alias: (d.name, d.datatype) for alias, d in birth.aliases.items()} == {
+        0: ("bdSeq", pb.Int64),
+        1: ("Node Control/Rebirth", pb.Boolean),
+        2: ("Cold Room/Temperature", pb.Float),
+        3: ("Cold Room/Door Offset", pb.Int16),
+    }
+
+
+def test_a_worker_that_missed_the_births_names_the_data_from_the_stored_ones() -> None:
+    first = SparkplugDecoder()
+    node_birth = stored(decode(first, "NBIRTH", nbirth()))
+    device_birth = stored(decode(first, "DBIRTH", dbirth(1), "Probe 1"))
+    book = BirthBook()
+    second = SparkplugDecoder(births=book)
+    data = payload(2, by_alias(10, float_value=71.5))
+
+    # It asks before it changes anything, so the same message can be decoded again once the book is filled.
+    with pytest.raises(BirthsNotLoadedError) as asked:
+        decode(second, "DDATA", data, "Probe 1")
+    assert asked.value.device_ids == ["Plant 1/Gateway 1", "Plant 1/Gateway 1/Probe 1"]
+    assert asked.value.book is book
+    book.record("Plant 1/Gateway 1", node_birth, AT)
+    book.record("Plant 1/Gateway 1/Probe 1", device_birth, AT)
+    readings = decode(second, "DDATA", data, "Probe 1")
+
+    assert not replies(readings)
+    assert [(m.extra["metric"], m.value) for m in measurements(readings)] == [("Humidity", 71.5)]
+    # The node's table came along, and seq goes on from the data (no gap).
+    assert not replies(decode(second, "NDATA", payload(3, by_alias(2, float_value=5.0)), at=AT))
+
+
+def test_without_a_stored_birth_it_asks_the_node_for_a_rebirth_and_asks_the_book_again_later() -> None:
+    book = BirthBook(fresh_for=timedelta(seconds=2))
+    decoder = SparkplugDecoder(births=book)
+    book.record("Plant 1/Gateway 1", None, AT)
+
+    readings = decode(decoder, "NDATA", payload(5, by_alias(2, float_value=5.5)))
+
+    (reply,) = replies(readings)
+    assert_rebirth_request(reply)
+    # The request makes it look again: the answer may go to another worker.
+    with pytest.raises(BirthsNotLoadedError):
+        decode(decoder, "NDATA", payload(6, by_alias(2, float_value=5.5)), at=AT + timedelta(seconds=1))
+
+
+def test_a_device_metric_map_wins_over_its_nodes_which_wins_over_the_decoders() -> None:
+    node, probe_1 = "Plant 1/Gateway 1", "Plant 1/Gateway 1/Probe 1"
+    decoder = SparkplugDecoder(
+        metrics={"Battery": "battery_v"},
+        devices={node: {"Level": "humidity_pct"}, probe_1: {"Battery": "battery_mv"}},
+    )
+
+    def data(seq: int, level: float, battery: float) -> bytes:
+        return payload(
+            seq,
+            {"name": "Level", "datatype": pb.Float, "float_value": level},
+            {"name": "Battery", "datatype": pb.Float, "float_value": battery},
+        )
+
+    def quantities(readings: list[Reading]) -> list[tuple[str, Quantity, float]]:
+        return [(m.device_id, m.quantity, round(m.value, 3)) for m in measurements(readings)]
+
+    decode(decoder, "NBIRTH", nbirth())
+    decode(decoder, "DBIRTH", payload(1), "Probe 1")
+    decode(decoder, "DBIRTH", payload(2), "Probe 2")
+
+    assert quantities(decode(decoder, "NDATA", data(3, 40.0, 3.6))) == [
+        (node, Quantity.HUMIDITY_PCT, 40.0),
+        (node, Quantity.BATTERY_V, 3.6),
+    ]
+    assert quantities(decode(decoder, "DDATA", data(4, 41.0, 3600.0), "Probe 1")) == [
+        (probe_1, Quantity.HUMIDITY_PCT, 41.0),  # its node's map, where its own says nothing
+        (probe_1, Quantity.BATTERY_V, 3.6),  # its own: in mV
+    ]
+    assert quantities(decode(decoder, "DDATA", data(5, 42.0, 3.5), "Probe 2")) == [
+        (f"{node}/Probe 2", Quantity.HUMIDITY_PCT, 42.0),  # no map of its own: its node's
+        (f"{node}/Probe 2", Quantity.BATTERY_V, 3.5),
+    ]
