@@ -102,12 +102,13 @@ class Decoding:
                     )
                 )
                 continue
-            decoder = router.resolve(topic)
-            if decoder is None:
-                rows.dead_letters.append((received_at, topic, payload, "no decoder is routed for this topic"))
+            local = router.local(topic)
+            decoder = None if local is None else router.resolve(local)
+            if decoder is None or local is None:
+                rows.dead_letters.append((received_at, topic, payload, router.unrouted(topic)))
                 continue
             try:
-                readings = decoder(RawMessage(topic, payload, received_at))
+                readings = decoder(RawMessage(local, payload, received_at))
             except DecodeError as exc:
                 rows.dead_letters.append((received_at, topic, payload, str(exc)[:2000]))
                 continue

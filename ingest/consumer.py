@@ -180,7 +180,7 @@ class Consumer:
             return  # not committed (stopping), or nobody to tell: the broker will redeliver
         connection.ack([packet_id for packet_id in writing.packet_ids if packet_id])
         for reply in writing.rows.replies:
-            connection.publish(reply.topic, reply.payload)
+            connection.publish(self._router.remote(reply.topic), reply.payload)
 
     async def _wait_for_batch(self, connection: Connection, stopping: asyncio.Future[Any]) -> None:
         """Return when the inbox is full, its first message has waited long enough, or we must stop."""

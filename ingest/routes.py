@@ -47,9 +47,18 @@ class Router:
     Devices publish on a few thousand distinct topics, so the answer is cached per topic. The decoders are the
     router's own (a stateful decoder such as Sparkplug's follows what this worker saw); `use` swaps in decoders
     rebuilt with new device options, and the cache starts over.
+
+    With a ``prefix`` (``STOCKTRACE_MQTT_TOPIC_PREFIX``, e.g. ``site/berlin``) every device topic sits under it:
+    the subscriptions carry it, and routes and decoders see the topic without it (`local`), so a site's Tasmota
+    plugs publishing on ``site/berlin/tele/plug-1/SENSOR`` decode as ``tele/plug-1/SENSOR`` would. Replies to
+    devices go back under it (`remote`).
     """
 
-    def __init__(self, routes: Sequence[Route], decoders: Mapping[str, Decoder] | None = None) -> None:
+    def __init__(
+        self, routes: Sequence[Route], decoders: Mapping[str, Decoder] | None = None, prefix: str = ""
+    ) -> None:
+        self.prefix = prefix.strip("/")
+        self._strip = f"{self.prefix}/" if self.prefix else ""
         self._decoders = dict(decoders) if decoders is not None else build_decoders(()).decoders
         check_routes(routes, self._decoders)
         self._routes = [(route.topic_filter, route.decoder) for route in routes]
@@ -60,6 +69,26 @@ class Router:
     def topic_filters(self) -> list[str]:
         """The routed filters (the native fallback is subscribed through STOCKTRACE_MQTT_TOPICS)."""
         return [topic_filter for topic_filter, _ in self._routes[:-1]]
+
+    def subscriptions(self, topic_filters: Sequence[str]) -> list[str]:
+        """The filters to subscribe to: ``topic_filters`` under the prefix, once each."""
+        return list(dict.fromkeys(self.remote(topic_filter) for topic_filter in topic_filters))
+
+    def local(self, topic: str) -> str | None:
+        """The topic without the prefix; None for a topic that is not under it."""
+        if not self._strip:
+            return topic
+        return topic[len(self._strip) :] if topic.startswith(self._strip) else None
+
+    def unrouted(self, topic: str) -> str:
+        """Why a topic has no decoder (for its dead letter)."""
+        if self.local(topic) is None:
+            return f"topic is not under the topic prefix {self.prefix!r}"
+        return "no decoder is routed for this topic"
+
+    def remote(self, topic: str) -> str:
+        """A device-side topic (a reply, a subscription) under the prefix."""
+        return self._strip + topic
 
     @property
     def decoders(self) -> Mapping[str, Decoder]:

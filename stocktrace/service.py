@@ -49,8 +49,8 @@ def writer_steps() -> list[Step]:
 
 def consumer_for(settings: Settings, index: int) -> Consumer:
     """The consumer of worker ``index``: its own session, the group's shared subscriptions."""
-    router = Router(settings.routes)
-    filters = list(dict.fromkeys([*settings.mqtt_topics, *router.topic_filters]))
+    router = Router(settings.routes, prefix=settings.mqtt_topic_prefix)
+    filters = router.subscriptions([*settings.mqtt_topics, *router.topic_filters])
     return Consumer(
         broker_options(settings, f"{settings.mqtt_client_id}-{index}"),
         shared(filters, settings.mqtt_share_group),

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["stocktrace/#"],
         description="Comma-separated topic filters to consume (routed ones are added automatically)",
     )
+    mqtt_topic_prefix: str = Field(
+        "",
+        description="Topic level(s) every device topic sits under, e.g. 'site/berlin': subscribed under it and"
+        " removed before routing and decoding",
+    )
     mqtt_receive_maximum: int = Field(
         65535,
         ge=1,
