@@ -32,6 +32,7 @@ class BoardQuery:
     sql: str
     expects: tuple[Column, ...]
     relative_time: str | None = None  # the panel's own range ("24h": the last 24 hours), as Grafana's timeFrom
+    min_interval: str | None = None  # the panel's smallest $__interval ("1m"), as Grafana's panel interval
 
     @property
     def name(self) -> str:
@@ -92,7 +93,7 @@ def queries(model: dashboard.Dashboard) -> list[BoardQuery]:
             if isinstance(target, SqlQuery):
                 found.append(BoardQuery(
                     model.uid or "", panel.title or "", "panel", target.ref_id, target.format, target.raw_sql,
-                    target.expects, panel.time_from,
+                    target.expects, panel.time_from, panel.interval,
                 ))  # fmt: skip
     return found
 
@@ -123,7 +124,10 @@ def run(
     interval: timedelta | None = None,
 ) -> Result:
     """Expand query as Grafana would for this (the panel's) time range and these variables, and execute it."""
-    sql = expand(query.sql, time_range, interval=interval or panel_interval(time_range), variables=values)
+    if interval is None:
+        lowest = parse_interval(query.min_interval) if query.min_interval else timedelta(seconds=1)
+        interval = panel_interval(time_range, min_interval=lowest)
+    sql = expand(query.sql, time_range, interval=interval, variables=values)
     started = time.perf_counter()
     cursor = conn.execute(sql.encode())
     rows = cursor.fetchall()

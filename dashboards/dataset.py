@@ -6,8 +6,9 @@ line or a truck; RFID reads, sensor values and fixes at a steady cadence; book i
 and alerts. Everything lies in the `days` before `now`, so the boards' relative time ranges ("now-24h") see it and
 device health is current.
 
-The tables are those the ingest path and the presence resolver write; rows are generated rather than passed
-through them so that 30 days load in seconds (`stocktrace bench queries`). Loading runs with
+The tables are those the ingest path and the presence resolver write (read_counts included: the reads per antenna
+and minute that ingest keeps); rows are generated rather than passed through them so that 30 days load in seconds
+(`stocktrace bench queries`). Loading runs with
 session_replication_role = replica: the event-log trigger on location_events (0220) is not what dashboards read,
 and the generated rows are consistent by construction.
 """
@@ -116,7 +117,8 @@ def load(conn: psycopg.Connection[Any], scale: Scale, *, now: datetime | None = 
     conn.execute("set session_replication_role = replica")
     try:
         steps: list[Callable[[psycopg.Connection[Any], _World, Counts], None]] = [
-            _registry, _catalogue, _items, _reads, _telemetry, _activity, _books, _dead_letters, _alerts,
+            _registry, _catalogue, _items, _reads, _read_counts, _telemetry, _activity, _books, _dead_letters,
+            _alerts,
         ]  # fmt: skip
         for step in steps:
             step(conn, world, counts)
@@ -302,6 +304,34 @@ def _reads(conn: psycopg.Connection[Any], world: _World, counts: Counts) -> None
                 copy.write("".join(lines).encode())
                 written += len(lines)
     counts.add("rfid_reads", written)
+
+
+# What migration 0002 does for a database's existing reads.
+_COUNT_READS: Final = {
+    "read_counts": """
+        insert into read_counts (minute, device_id, antenna, reads, lag_sum_s, lag_max_s)
+        select time_bucket('1 minute', read_at), device_id, antenna, count(*),
+               sum(date_part('epoch', received_at - read_at)), max(date_part('epoch', received_at - read_at))
+        from rfid_reads
+        group by 1, 2, 3""",
+    "read_counts_5m": """
+        insert into read_counts_5m (minute, device_id, antenna, reads, lag_sum_s, lag_max_s)
+        select time_bucket('5 minutes', minute), device_id, antenna, sum(reads), sum(lag_sum_s), max(lag_max_s)
+        from read_counts
+        group by 1, 2, 3""",
+    "read_counts_30m": """
+        insert into read_counts_30m (minute, device_id, antenna, reads, lag_sum_s, lag_max_s)
+        select time_bucket('30 minutes', minute), device_id, antenna, sum(reads), sum(lag_sum_s), max(lag_max_s)
+        from read_counts_5m
+        group by 1, 2, 3""",
+}
+
+
+def _read_counts(conn: psycopg.Connection[Any], world: _World, counts: Counts) -> None:
+    """What ingest keeps beside the reads (ingest/read_counts.py): reads per antenna and minute, five minutes and
+    half hour, with their lag; counted from the generated reads."""
+    for table, statement in _COUNT_READS.items():
+        counts.add(table, conn.execute(statement.encode()).rowcount)
 
 
 def _temperature(world: _World, setpoint: float, spread: float, at: datetime, index: int) -> float:

@@ -19,9 +19,6 @@ from grafana_foundation_sdk.models import common, dashboard
 from dashboards.datasource import Sql, SqlAnnotation, stocktrace
 
 TAGS: Final = ["stocktrace"]
-# Panels that count raw RFID reads at query time show the last 24 hours whatever the dashboard's range: over a
-# month they would scan every read of the month (`stocktrace bench queries --full-range` measures that).
-RAW_READS_RANGE: Final = "24h"
 
 # Alerts are annotations on every time-series panel: the red band from when the condition began to when it
 # ended (still open while firing). Pending alerts (not yet past their delay) are left out: they have not fired.
@@ -94,10 +91,10 @@ def lettered(targets: Sequence[Sql]) -> Sequence[Sql]:
 
 def time_series(
     title: str, description: str, targets: Sequence[Sql], *, unit: str = "short", width: int = 12, height: int = 8,
-    relative_time: str | None = None,
+    relative_time: str | None = None, min_interval: str | None = None,
 ) -> timeseries.Panel:  # fmt: skip
-    """relative_time pins the panel to the last N (e.g. "24h") whatever the dashboard's range: for panels that
-    count raw RFID reads, which are aggregated at query time."""
+    """relative_time pins the panel to the last N (e.g. "24h") whatever the dashboard's range; min_interval is the
+    smallest $__interval the panel groups by (Grafana's "Min interval"), for data kept per minute or coarser."""
     panel = (
         timeseries.Panel()
         .title(title)
@@ -118,6 +115,8 @@ def time_series(
     )
     if relative_time is not None:
         panel.time_from(relative_time)
+    if min_interval is not None:
+        panel.interval(min_interval)
     for target in lettered(targets):
         panel.with_target(target)
     return panel

@@ -3,19 +3,21 @@
 QoS 1 is at least once, so a redelivered message must leave no duplicate. Each raw table has a unique natural
 key; the fast path COPYs straight into the hypertable inside a savepoint, and only when that hits the key (a
 redelivery after a crash or reconnect) is the batch written again through a staging table with
-``ON CONFLICT DO NOTHING``.
+``ON CONFLICT DO NOTHING``. The per-minute read counts (ingest/read_counts.py) add only the reads stored, so a
+redelivered read is counted once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import psycopg
 from psycopg import sql
 
+from ingest import read_counts
 from ingest.batch import Row, Rows
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,9 @@ set last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
 """
 
 
-# A later stage's work on a batch, done in the batch's own transaction: it commits with the raw rows or not at all,
-# and a redelivered batch runs it again, so a step must be idempotent (upserts keyed on what it derives).
+# A later stage's work on a batch, done in the batch's own transaction: it commits with the raw rows or not at all.
+# A redelivered batch runs it again with only the reads it stored (the others were seen the first time), and
+# everything else again, so a step must be idempotent (upserts keyed on what it derives).
 Step = Callable[[psycopg.AsyncConnection[tuple[object, ...]], Rows], Awaitable[None]]
 
 
@@ -89,13 +92,14 @@ class Writer:
         conn = await self._connection()
         try:
             async with conn.transaction():
-                await self._copy_idempotent(conn, RFID_READS, rows.rfid_reads)
+                counts, stored = await self._copy_reads(conn, rows.rfid_reads)
                 await self._copy_idempotent(conn, TELEMETRY, rows.telemetry)
                 await self._copy_idempotent(conn, DEVICE_EVENTS, rows.device_events)
                 await self._copy(conn, DEAD_LETTERS, rows.dead_letters)
+                await read_counts.add(conn, counts)
                 await self._record_activity(conn, rows)
                 for step in self._steps:
-                    await step(conn, rows)
+                    await step(conn, rows if stored is None else replace(rows, rfid_reads=stored))
         except psycopg.Error:
             await self.close()  # the next write reconnects; a broken connection is never reused
             raise
@@ -115,7 +119,11 @@ class Writer:
             self._conn = await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=5)
         return self._conn
 
-    async def _copy(self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: Table, rows: Sequence[Row]) -> None:
+    async def _copy(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: Table, rows: Sequence[Row], *,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> None:  # fmt: skip
+        """COPY the rows; ``meanwhile`` runs once they are sent, while the server still works through them."""
         if not rows:
             return
         statement = sql.SQL("copy {} ({}) from stdin (format binary)").format(
@@ -125,19 +133,24 @@ class Writer:
             copy.set_types(list(table.types))
             for row in rows:
                 await copy.write_row(row)
+            if meanwhile is not None:
+                meanwhile()
 
     async def _copy_idempotent(
-        self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: Table, rows: Sequence[Row]
-    ) -> None:
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: Table, rows: Sequence[Row], *,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> Sequence[Row] | None:  # fmt: skip
+        """Store the rows not stored yet. Returns None when all of them were new (the fast path, where ``meanwhile``
+        runs during the COPY), else the rows this call added, in the table's column order."""
         if not rows:
-            return
+            return None
         try:
             async with conn.transaction():  # a savepoint: a key violation undoes only this COPY
-                await self._copy(conn, table, rows)
+                await self._copy(conn, table, rows, meanwhile=meanwhile)
         except psycopg.errors.UniqueViolation:
             self.redelivered_batches += 1
         else:
-            return
+            return None
         stage = Table(f"{table.name}_stage", table.columns, table.types)
         await conn.execute(
             sql.SQL("create temp table if not exists {} (like {}) on commit delete rows").format(
@@ -146,11 +159,27 @@ class Writer:
         )
         await self._copy(conn, stage, rows)
         columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
-        await conn.execute(
-            sql.SQL("insert into {} ({}) select {} from {} on conflict do nothing").format(
-                sql.Identifier(table.name), columns, columns, sql.Identifier(stage.name)
+        cursor = await conn.execute(
+            sql.SQL("insert into {} ({}) select {} from {} on conflict do nothing returning {}").format(
+                sql.Identifier(table.name), columns, columns, sql.Identifier(stage.name), columns
             )
         )
+        return await cursor.fetchall()
+
+    async def _copy_reads(
+        self, conn: psycopg.AsyncConnection[tuple[object, ...]], reads: Sequence[Row]
+    ) -> tuple[read_counts.Tally, list[Row] | None]:
+        """Store the reads as `_copy_idempotent` does; returns the tally of those stored, and for a redelivered
+        batch the reads its insert added. On the fast path the reads are tallied while the server works through the
+        COPY (the slower side), so the tally adds no time to the batch; a redelivered batch is tallied again from the
+        reads its insert added."""
+        tallies: list[read_counts.Tally] = []
+        added = await self._copy_idempotent(
+            conn, RFID_READS, reads, meanwhile=lambda: tallies.append(read_counts.tally(reads))
+        )
+        if added is not None:
+            return read_counts.tally(added), list(added)
+        return (tallies[0] if tallies else {}), None
 
     async def _record_activity(self, conn: psycopg.AsyncConnection[tuple[object, ...]], rows: Rows) -> None:
         if rows.antennas:

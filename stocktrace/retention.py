@@ -3,6 +3,9 @@
 Compression, retention policies and the job scheduler are features of the Timescale-licensed edition. The
 Apache-licensed build (what Debian ships) has ``drop_chunks`` but no policies, so the service runs it itself.
 Which one applies is asked of the server at start, never configured, so it cannot drift from the truth.
+
+The read counts that ingest keeps (read_counts, read_counts_5m, read_counts_30m) are kept as long as the reads
+they count (a chunk goes once all of it is past the retention), so a panel over the whole retention has all of it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import psycopg
 log = logging.getLogger(__name__)
 
 RAW_TABLES: Final = ("rfid_reads", "telemetry")
+# Not compressed: a row per antenna-minute is small, and ingest adds to recent rows (and to old ones when a device
+# delivers late), which compressed chunks make slow.
+ROLLUP_TABLES: Final = ("read_counts", "read_counts_5m", "read_counts_30m")
 # Segment compressed chunks by what queries filter on, order by time within a segment.
 _SEGMENT_BY: Final = {"rfid_reads": "epc", "telemetry": "device_id, quantity"}
 _ORDER_BY: Final = {"rfid_reads": "read_at desc", "telemetry": "observed_at desc"}
@@ -41,6 +47,8 @@ async def server_edition(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> E
 
 async def install_policies(conn: psycopg.AsyncConnection[tuple[object, ...]], plan: RetentionPlan) -> None:
     """On the Timescale edition, let the server's own scheduler compress and drop chunks."""
+    for table in ROLLUP_TABLES:
+        await conn.execute("select add_retention_policy(%s, %s::interval, if_not_exists => true)", (table, plan.keep))
     for table in RAW_TABLES:
         await conn.execute(
             f"alter table {table} set (timescaledb.compress, timescaledb.compress_segmentby = '{_SEGMENT_BY[table]}',"
@@ -54,9 +62,10 @@ async def install_policies(conn: psycopg.AsyncConnection[tuple[object, ...]], pl
 
 
 async def drop_expired_chunks(conn: psycopg.AsyncConnection[tuple[object, ...]], keep: timedelta) -> int:
-    """What a retention policy would do: drop every raw chunk entirely older than ``keep``; returns how many."""
+    """What a retention policy would do: drop every raw and rollup chunk entirely older than ``keep``; returns how
+    many."""
     dropped = 0
-    for table in RAW_TABLES:
+    for table in RAW_TABLES + ROLLUP_TABLES:
         cursor = await conn.execute("select drop_chunks(%s, older_than => now() - %s::interval)", (table, keep))
         dropped += len(await cursor.fetchall())
     return dropped

@@ -6,7 +6,8 @@ from grafana_foundation_sdk.builders import dashboard as builders
 
 from dashboards.boards.operations import DEVICES_BY_STATUS
 from dashboards.datasource import Format, Sql
-from dashboards.panels import RAW_READS_RANGE, add_panels, board, data_table, query_variable, stat_values, time_series
+from dashboards.panels import add_panels, board, data_table, query_variable, stat_values, time_series
+from dashboards.rollups import READ_COUNTS_INTERVAL, read_counts
 
 UID = "stocktrace-devices"
 
@@ -17,20 +18,23 @@ select device_id from antenna_activity
 order by 1
 """
 
-READS_PER_READER = """
-select $__timeGroupAlias(read_at, $__interval), device_id as metric, count(*) / ($__interval_ms / 1000.0) as "reads/s"
-from rfid_reads
-where $__timeFilter(read_at) and device_id in ($reader)
+# From the read counts ingest keeps (dashboards/rollups.py), not the raw reads. Grouped by antenna, so the series
+# name is made once a bucket rather than once a row.
+READS_PER_READER = f"""
+select $__timeGroupAlias(minute, $__interval), device_id as metric,
+       sum(reads) / ($__interval_ms / 1000.0) as "reads/s"
+from {read_counts("minute, device_id, reads")}
+where device_id in ($reader)
 group by 1, 2
 order by 1
 """
 
-READS_PER_ANTENNA = """
-select $__timeGroupAlias(read_at, $__interval), device_id || ' #' || antenna as metric,
-       count(*) / ($__interval_ms / 1000.0) as "reads/s"
-from rfid_reads
-where $__timeFilter(read_at) and device_id in ($reader)
-group by 1, 2
+READS_PER_ANTENNA = f"""
+select $__timeGroupAlias(minute, $__interval), device_id || ' #' || antenna as metric,
+       sum(reads) / ($__interval_ms / 1000.0) as "reads/s"
+from {read_counts("minute, device_id, antenna, reads")}
+where device_id in ($reader)
+group by 1, device_id, antenna
 order by 1
 """
 
@@ -85,13 +89,13 @@ def build() -> builders.Dashboard:
             time_series(
                 "Read rate per reader", "Tag reads per second, by the reader's timestamp.",
                 [Sql(READS_PER_READER, Format.TIME_SERIES, "time:time, metric:text, reads/s:number")],
-                relative_time=RAW_READS_RANGE, unit="reqps",
+                min_interval=READ_COUNTS_INTERVAL, unit="reqps",
             ),
             time_series(
                 "Read rate per antenna", "Tag reads per second per antenna port: a port that drops to zero while "
                 "its neighbours read is worth a look.",
                 [Sql(READS_PER_ANTENNA, Format.TIME_SERIES, "time:time, metric:text, reads/s:number")],
-                relative_time=RAW_READS_RANGE, unit="reqps",
+                min_interval=READ_COUNTS_INTERVAL, unit="reqps",
             ),
             data_table(
                 "Antennas", "Where each antenna points, its newest read and its last reported state.",

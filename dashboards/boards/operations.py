@@ -5,7 +5,8 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as builders
 
 from dashboards.datasource import Format, Sql
-from dashboards.panels import RAW_READS_RANGE, add_panels, board, data_table, stat_values, time_series
+from dashboards.panels import add_panels, board, data_table, stat_values, time_series
+from dashboards.rollups import READ_COUNTS_INTERVAL, read_counts
 
 UID = "stocktrace-operations"
 
@@ -41,11 +42,12 @@ group by b.at, s.severity
 order by b.at
 """
 
-READ_RATE = """
-select $__timeGroupAlias(read_at, $__interval),
-       count(*) / ($__interval_ms / 1000.0) as "RFID reads/s"
-from rfid_reads
-where $__timeFilter(read_at)
+# RFID rate and lag come from the read counts ingest keeps (dashboards/rollups.py), never the raw reads: a month
+# costs a row per antenna and half hour, not every read of the month.
+READ_RATE = f"""
+select $__timeGroupAlias(minute, $__interval),
+       sum(reads) / ($__interval_ms / 1000.0) as "RFID reads/s"
+from {read_counts("minute, reads")}
 group by 1
 order by 1
 """
@@ -61,12 +63,11 @@ order by 1
 
 # Lag is what the device stamped against when stocktrace stored it: network, broker and batching delay, plus
 # whatever a device held back while it was offline. Negative values mean the device's clock runs ahead.
-READ_LAG = """
-select $__timeGroupAlias(read_at, $__interval),
-       avg(extract(epoch from received_at - read_at)) as "RFID mean lag",
-       max(extract(epoch from received_at - read_at)) as "RFID max lag"
-from rfid_reads
-where $__timeFilter(read_at)
+READ_LAG = f"""
+select $__timeGroupAlias(minute, $__interval),
+       sum(lag_sum_s) / sum(reads) as "RFID mean lag",
+       max(lag_max_s) as "RFID max lag"
+from {read_counts("minute, reads, lag_sum_s, lag_max_s")}
 group by 1
 order by 1
 """
@@ -152,13 +153,13 @@ def build() -> builders.Dashboard:
                 "Ingest rate", "Readings stored per second, by the time the device stamped on them.",
                 [Sql(READ_RATE, Format.TIME_SERIES, "time:time, RFID reads/s:number"),
                  Sql(TELEMETRY_RATE, Format.TIME_SERIES, "time:time, sensor values/s:number")],
-                relative_time=RAW_READS_RANGE, unit="reqps", width=12,
+                min_interval=READ_COUNTS_INTERVAL, unit="reqps", width=12,
             ),
             time_series(
                 "Ingest lag", "From the device's timestamp to stocktrace storing the reading.",
                 [Sql(READ_LAG, Format.TIME_SERIES, "time:time, RFID mean lag:number, RFID max lag:number"),
                  Sql(TELEMETRY_LAG, Format.TIME_SERIES, "time:time, sensor mean lag:number, sensor max lag:number")],
-                relative_time=RAW_READS_RANGE, unit="s", width=12,
+                min_interval=READ_COUNTS_INTERVAL, unit="s", width=12,
             ),
             time_series(
                 "Dead letters", "Messages that could not be decoded, by when they arrived.",
