@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
-import psycopg
 
 from alerts import delivery, delivery_bench, latency_bench
 from alerts.routes import ROUTES_FILE_ENV, Grouping, RoutesConfig, RoutesError, destinations
@@ -126,20 +125,9 @@ def bench_delivery(
       stocktrace bench delivery
       stocktrace bench delivery --deliveries 5000 --receivers 8 --json
     """
-    server = psycopg.conninfo.conninfo_to_dict(database_url)
-    name = f"{server.get('dbname') or 'stocktrace'}_bench_delivery"
-    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
-    try:
-        db.migrate(url)
+    with db.scratch_database(database_url, "bench_delivery") as url:
         config = delivery_bench.BenchConfig(url, deliveries, receivers, concurrency, rate, latency_seconds)
         result = delivery_bench.run_benchmark(config, lambda line: click.echo(line, err=as_json))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
@@ -183,22 +171,11 @@ def bench_alert_latency(
     broker = urlsplit(mqtt_url)
     if broker.scheme != "mqtt":
         raise click.BadParameter("the benchmark publishes over plain mqtt:// only", param_hint="--mqtt-url")
-    server = psycopg.conninfo.conninfo_to_dict(database_url)
-    name = f"{server.get('dbname') or 'stocktrace'}_bench_alert_latency"
-    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
-    try:
-        db.migrate(url)
+    with db.scratch_database(database_url, "bench_alert_latency") as url:
         config = latency_bench.BenchConfig(
             url, broker.hostname or "127.0.0.1", broker.port or 1883, trials, interval, tick_only
         )
         result = latency_bench.run_benchmark(config, lambda line: click.echo(line, err=as_json))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return

@@ -58,15 +58,6 @@ class BenchResult:
         }  # fmt: skip
 
 
-def fresh_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)'.encode())
-        conn.execute(f'create database "{name}"'.encode())
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
-    db.migrate(url)
-    return url
-
-
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile: with few samples p99 is the slowest run, never an interpolation below it."""
     ordered = sorted(values)
@@ -124,11 +115,11 @@ HEADER: Final = f"{'p50 ms':>9} {'p99 ms':>9} {'1 day ms':>9} {'rows':>7} {'rang
 
 
 def run_benchmark(
-    admin_url: str, name: str, scale: dataset.Scale, repeats: int, *, full_range: bool = False, keep: bool = False,
+    database_url: str, scale: dataset.Scale, repeats: int, *, full_range: bool = False, keep: bool = False,
     progress: Callable[[str], None] = print,
 ) -> BenchResult:  # fmt: skip
-    url = fresh_database(admin_url, name)
-    try:
+    """Fill ``<database>_bench_dashboards`` at ``scale`` and time every query in it."""
+    with db.scratch_database(database_url, "bench_dashboards", keep=keep) as url:
         started = datetime.now(UTC)
         with psycopg.connect(url, autocommit=True) as conn:
             counts = dataset.load(conn, scale)
@@ -139,8 +130,4 @@ def run_benchmark(
         ))  # fmt: skip
         progress(HEADER)
         timings = time_queries(url, scale.days, repeats, full_range=full_range, progress=progress)
-    finally:
-        if not keep:
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f'drop database if exists "{name}" with (force)'.encode())
     return BenchResult(counts.rows, load_s, timings)

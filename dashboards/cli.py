@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import click
-import psycopg
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaException
 
@@ -109,11 +108,8 @@ def bench_dashboards(
       stocktrace bench queries
       stocktrace bench queries --scale 0.2 --days 7 --json
     """
-    server = psycopg.conninfo.conninfo_to_dict(database_url)
-    name = f"{server.get('dbname') or 'stocktrace'}_bench_dashboards"
-    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
     result = bench_module.run_benchmark(
-        admin, name, dataset.Scale.for_factor(scale, days=days), repeats, full_range=full_range, keep=keep,
+        database_url, dataset.Scale.for_factor(scale, days=days), repeats, full_range=full_range, keep=keep,
         progress=lambda line: click.echo(line, err=as_json),
     )  # fmt: skip
     over = [t for t in result.timings if t.over_budget]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
@@ -76,3 +79,24 @@ def migrate(dsn: str) -> list[Migration]:
 def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> AsyncConnectionPool:
     """An async pool for the API and background jobs; open it with ``await pool.open()``."""
     return AsyncConnectionPool(dsn, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True})
+
+
+@contextlib.contextmanager
+def scratch_database(database_url: str, purpose: str, *, keep: bool = False) -> Iterator[str]:
+    """A fresh, migrated database ``<name>_<purpose>`` on the server of ``database_url``, for a benchmark: its URL,
+    and the database dropped afterwards unless ``keep``. One left over by an interrupted run is replaced."""
+    server = psycopg.conninfo.conninfo_to_dict(database_url)
+    name = f"{server.get('dbname') or 'stocktrace'}_{purpose}"
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(drop)
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    url = psycopg.conninfo.make_conninfo(database_url, dbname=name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        if not keep:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(drop)

@@ -95,19 +95,8 @@ def _pallet(i: int) -> str:
 
 def run_benchmark(config: BenchConfig, progress: Progress) -> BenchResult:
     """Every measurement in a fresh database of its own, dropped afterwards."""
-    server = psycopg.conninfo.conninfo_to_dict(config.database_url)
-    name = f"{server.get('dbname') or 'stocktrace'}_bench_epcis"
-    admin = psycopg.conninfo.make_conninfo(config.database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    url = psycopg.conninfo.make_conninfo(config.database_url, dbname=name)
-    try:
-        db.migrate(url)
+    with db.scratch_database(config.database_url, "bench_epcis") as url:
         return asyncio.run(_measure(config, url, progress))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 async def _measure(config: BenchConfig, url: str, progress: Progress) -> BenchResult:

@@ -134,16 +134,9 @@ def bench_eventlog(
       stocktrace bench eventlog
       stocktrace bench eventlog --clients 8 --verify-entries 1000000 --json
     """
-    server = psycopg.conninfo.conninfo_to_dict(database_url)
-    name = f"{server.get('dbname') or 'stocktrace'}_bench_eventlog"
-    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
-    url = _fresh_database(admin, name)
-    try:
+    with db.scratch_database(database_url, "bench_eventlog") as url:
         config = eventlog_bench.BenchConfig(url, events, clients, batch, verify_entries)
         result = eventlog_bench.run_benchmark(config, lambda line: click.echo(line, err=as_json))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
@@ -155,15 +148,6 @@ def bench_eventlog(
         f"verify, {result.verify_entries:,} entries: {result.verify_python_per_s:,.0f} entries/s hashing in Python, "
         f"{result.verify_sql_per_s:,.0f} entries/s hashing in SQL"
     )
-
-
-def _fresh_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
-    db.migrate(url)
-    return url
 
 
 COMMANDS: list[click.Command] = [verify]
