@@ -64,7 +64,7 @@ def check(path: Path | None) -> None:
     config = rules_from(path)
     click.echo(f"{config.source}: valid")
     for name in ("temperature_excursion", "lot_exposure", "inventory_variance", "low_stock", "device_offline",
-                 "sensor_stale", "shrink", "dwell", "expiry"):  # fmt: skip
+                 "sensor_stale", "battery_low", "shrink", "dwell", "expiry"):  # fmt: skip
         section = getattr(config, name)
         state = "off" if section.params.enabled is False else "on"
         every = config.interval_s(name)

@@ -53,6 +53,7 @@ from alerts.lifecycle import (
 from alerts.lifecycle import run as run_stages
 from alerts.model import AlertChange, State
 from alerts.rules import Conn, Finding, OpenAlert, Rule, Tick, load_topology
+from alerts.rules_battery import BatteryLowRule
 from alerts.rules_coldchain import LotExposureRule, TemperatureExcursionRule
 from alerts.rules_config import RulesConfig
 from alerts.rules_devices import DEVICE_OFFLINE, DeviceOfflineRule, SensorStaleRule
@@ -88,6 +89,7 @@ def all_rules() -> list[Rule]:
     return [
         DeviceOfflineRule(),
         SensorStaleRule(),
+        BatteryLowRule(),
         TemperatureExcursionRule(),
         LotExposureRule(),
         InventoryVarianceRule(),

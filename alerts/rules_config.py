@@ -300,6 +300,62 @@ class SensorStale(Common):
         return _first(self.stale_after, 1800.0)
 
 
+class BatteryLow(Common):
+    low_pct: float | None = Field(default=None, ge=0, le=100, description="Newest level at or below this fires")
+    horizon: Seconds | None = Field(default=None, description="Fires when the fitted drain projects empty within")
+    window: Seconds | None = Field(default=None, description="How far back from the newest level the drain is fitted")
+    min_points: int | None = Field(default=None, ge=3, description="Fewer levels since a recharge: no projection")
+    min_span: Seconds | None = Field(default=None, description="Shorter span since a recharge: no projection")
+    recharge_pct: float | None = Field(default=None, gt=0, description="A rise this large is a new battery")
+    hysteresis_pct: float | None = Field(default=None, ge=0, description="A firing alert resolves this far above low")
+    empty_v: float | None = Field(default=None, gt=0, description="Voltage of an empty battery (0 %)")
+    full_v: float | None = Field(default=None, gt=0, description="Voltage of a full battery (100 %)")
+    pending_for: Seconds | None = Field(default=None, description="How long the condition holds before firing")
+
+    @model_validator(mode="after")
+    def _volts_ordered(self) -> BatteryLow:
+        if self.empty_v is not None and self.full_v is not None and self.full_v <= self.empty_v:
+            raise ValueError("full_v must be above empty_v")
+        return self
+
+    @property
+    def low(self) -> float:
+        return _first(self.low_pct, 20.0)
+
+    @property
+    def horizon_s(self) -> float:
+        return _first(self.horizon, 86400.0)
+
+    @property
+    def window_s(self) -> float:
+        return _first(self.window, 6 * 3600.0)
+
+    @property
+    def points(self) -> int:
+        return int(_first(self.min_points, 6))
+
+    @property
+    def span_s(self) -> float:
+        return _first(self.min_span, 3600.0)
+
+    @property
+    def recharge(self) -> float:
+        return _first(self.recharge_pct, 5.0)
+
+    @property
+    def hysteresis(self) -> float:
+        return _first(self.hysteresis_pct, 5.0)
+
+    @property
+    def volts(self) -> tuple[float, float]:
+        """(empty, full): by default a 3 V lithium cell's useful range (Dragino LHT65, coin cells)."""
+        return _first(self.empty_v, 2.5), _first(self.full_v, 3.0)
+
+    @property
+    def for_s(self) -> float:
+        return _first(self.pending_for, 0.0)
+
+
 class Shrink(Common):
     shipment_window: Seconds | None = Field(default=None, description="An exit this long before the departure ships it")
     lookback: Seconds | None = Field(default=None, description="Departures older than this are not raised any more")
@@ -429,6 +485,14 @@ class SensorStaleSection(SensorStale):
     overrides: list[SensorStaleOverride] = Field(default_factory=list)
 
 
+class BatteryLowOverride(BatteryLow):
+    match: Match
+
+
+class BatteryLowSection(BatteryLow):
+    overrides: list[BatteryLowOverride] = Field(default_factory=list)
+
+
 class ShrinkOverride(Shrink):
     match: Match
 
@@ -462,6 +526,7 @@ class _Rules(BaseModel):
     low_stock: LowStockSection = LowStockSection()
     device_offline: DeviceOfflineSection = DeviceOfflineSection()
     sensor_stale: SensorStaleSection = SensorStaleSection()
+    battery_low: BatteryLowSection = BatteryLowSection()
     shrink: ShrinkSection = ShrinkSection()
     dwell: DwellSection = DwellSection()
     expiry: ExpirySection = ExpirySection()
@@ -495,6 +560,7 @@ class RulesConfig:
     low_stock: Section[LowStock]
     device_offline: Section[DeviceOffline]
     sensor_stale: Section[SensorStale]
+    battery_low: Section[BatteryLow]
     shrink: Section[Shrink]
     dwell: Section[Dwell]
     expiry: Section[Expiry]
@@ -519,6 +585,7 @@ _PARAMS: Final[Mapping[str, type[Common]]] = {
     "low_stock": LowStock,
     "device_offline": DeviceOffline,
     "sensor_stale": SensorStale,
+    "battery_low": BatteryLow,
     "shrink": Shrink,
     "dwell": Dwell,
     "expiry": Expiry,

@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from alerts import reorder
 from alerts.model import Severity
-from alerts.rules import Conn, Evaluation, Finding, Tick, label_set
+from alerts.rules import Conn, Evaluation, Finding, Tick, label_set, tracked_until
 from alerts.rules_config import InventoryVariance, LowStock
 
 INVENTORY_VARIANCE: Final = "InventoryVariance"
@@ -139,6 +139,8 @@ class InventoryVarianceRule:
             reads[location_id].append(last_read_at)
         cursor = await conn.execute(_COUNTS, {"now": tick.now, "locs": sorted(books)})
         counts = {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
+        # A read cycle counts once tracking has folded it in: judged earlier, the items it read are not there yet.
+        tracked = await tracked_until(conn, tick.now)
         due = []
         for location_id, book_as_of in books.items():
             last = judged.get(location_id)
@@ -148,7 +150,7 @@ class InventoryVarianceRule:
                 continue
             basis = max(t for t in (last, book_as_of) if t is not None)
             antennas = [r for loc in tick.topology.subtree(location_id) for r in reads.get(loc, ())]
-            if antennas and all(r is not None and basis < r <= tick.now for r in antennas):
+            if antennas and all(r is not None and basis < r <= tracked for r in antennas):
                 due.append(Judgement(location_id, tick.now, "read_cycle"))
         return due
 

@@ -5,7 +5,8 @@
   received during the run are counted.
 - Location accuracy, once tracking provides ``item_locations(epc, location_id, since)``: the share of items
   whose latest location there equals where the item really is at the end of the run.
-- Alert precision, recall and detection latency per fault type. An alert is an episode that fired, as the
+- Alert precision, recall and detection latency per fault type; a variance detects a fault about one product
+  (a misplaced unit, a wrong book count) only when it is about that product. An alert is an episode that fired, as the
   event log records it (each time an alert starts firing; the ``alerts`` table keeps only the latest episode
   of each rule and subject, and pending alerts that never fired told nobody), recorded since the run began and
   active within it. Alerts that begin after the run's end (devices that fall silent when the simulator stops)
@@ -419,6 +420,11 @@ def _detects(alert: tuple[str, float, str], fault: FaultRecord) -> bool:
     if not fault.start - ALERT_EARLY_S <= started <= end:
         return False
     if not any(word in kind for word in FAULT_ALERT_WORDS.get(fault.fault, ())):
+        return False
+    # A fault about one product (a misplaced unit, a wrong count) is found by an alert about that product, not
+    # by a variance of another product that happens to be at the same location.
+    gtin = fault.details.get("gtin")
+    if gtin is not None and "variance" in kind and str(gtin) not in text:
         return False
     subjects = {fault.subject, fault.location_id, fault.details.get("device_id")} - {None}
     return any(str(subject) in text for subject in subjects)

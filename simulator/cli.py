@@ -15,8 +15,9 @@ import psycopg
 
 from simulator.check import CheckReport, check
 from simulator.engine import RunStats
+from simulator.erp import SOURCE, DatabaseBook
 from simulator.load import LoadResult, run_load
-from simulator.manifest import manifest_yaml, routes
+from simulator.manifest import manifest_yaml, routes, rules_yaml
 from simulator.publisher import PublishError
 from simulator.run import RunResult, run
 from simulator.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, parse_duration
@@ -184,7 +185,8 @@ def _load_text(result: LoadResult) -> str:
 @click.option("--ideal", is_flag=True, help="No noise, misses, duplicates, delays or clock skew.")
 @click.option("--manifest", "manifest_path", default=None,
               type=click.Path(dir_okay=False, writable=True, path_type=Path),
-              help="Write the scenario's registry manifest (for `stocktrace apply -f`) and exit.")  # fmt: skip
+              help="Write the scenario's registry manifest (for `stocktrace apply -f`) and its alert rules "
+                   "(FILE with the suffix .rules.yaml, for STOCKTRACE_RULES_FILE), and exit.")  # fmt: skip
 @click.option("--check", "do_check", is_flag=True,
               help="After the run, compare the truth with what stocktrace stored (start from an empty database; "
                    "accelerated runs need the service on STOCKTRACE_ALERT_CLOCK=device).")  # fmt: skip
@@ -192,11 +194,14 @@ def _load_text(result: LoadResult) -> str:
     "--check-wait", type=float, default=60.0, show_default=True, help="Seconds to wait for ingest to catch up."
 )
 @click.option("--database-url", default=None, help="Database for --check (default: STOCKTRACE_DATABASE_URL).")
+@click.option("--book-every", default="15m", show_default=True,
+              help="With --check, the simulated ERP imports its book inventory into that database at the start, "
+                   "then this often (virtual time), as `POST /inventory/book` would; 0 never.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def simulate(scenario_path: Path | None, mode: str, speed: float, duration: str | None, start: str | None,
              seed: int | None, truth: Path | None, devices: int, rate: float, batch: int, processes: int | None,
              mqtt_url: str | None, topic_prefix: str, ideal: bool, manifest_path: Path | None, do_check: bool,
-             check_wait: float, database_url: str | None, as_json: bool) -> None:  # fmt: skip
+             check_wait: float, database_url: str | None, book_every: str, as_json: bool) -> None:  # fmt: skip
     """Run a warehouse and cold chain that behave like the real thing, and record the ground truth.
 
     \b
@@ -206,6 +211,7 @@ def simulate(scenario_path: Path | None, mode: str, speed: float, duration: str 
       stocktrace simulate --duration 2h --check                ... then measure stocktrace against the truth
                                                                (serve it with STOCKTRACE_ALERT_CLOCK=device)
       stocktrace simulate --manifest site.yaml                 the registry for `stocktrace apply -f`
+                                                               (and site.rules.yaml, its alert rules)
       stocktrace simulate --mode load --devices 200 --rate 20000 --duration 30s
     """
     settings = _settings()
@@ -220,19 +226,29 @@ def simulate(scenario_path: Path | None, mode: str, speed: float, duration: str 
         raise click.ClickException(str(exc)) from None
     if manifest_path is not None:
         manifest_path.write_text(manifest_yaml(scenario, topic_prefix), encoding="utf-8")
+        rules_path = manifest_path.with_suffix(".rules.yaml")
+        rules_path.write_text(rules_yaml(scenario), encoding="utf-8")
         click.echo(f"wrote the registry manifest of {scenario.name} to {manifest_path}; apply it with "
-                   f"`stocktrace apply -f {manifest_path}`", err=as_json)  # fmt: skip
+                   f"`stocktrace apply -f {manifest_path}`; its alert rules to {rules_path}, for "
+                   f"STOCKTRACE_RULES_FILE", err=as_json)  # fmt: skip
         return
     options: dict[str, Any] = {
         "mode": mode, "mqtt": (host, port), "speed": speed or None, "duration_s": seconds, "start": _start(start),
         "seed": seed, "truth_path": truth, "topic_prefix": topic_prefix, "credentials": _credentials(settings),
         "ideal": ideal, "progress": _progress(as_json),
     }  # fmt: skip
+    every_s = _seconds(book_every, "--book-every") or 0.0
+    book = DatabaseBook(database_url or settings.database_url) if do_check and every_s > 0 else None
+    if book is not None:
+        options |= {"book": book, "book_every_s": every_s}
     try:
         result: RunResult = _run_in_thread(lambda stop: run(scenario, stop=stop, **options))
     except PublishError as exc:
         raise click.ClickException(f"{exc}. Is Mosquitto running? `make demo` starts it.") from None
     report = _check(result, database_url or settings.database_url, check_wait) if do_check else None
+    if report is not None and book is not None:
+        report.notes.append(f"the ERP book was imported {book.imports} time(s) (source {SOURCE!r}); "
+                            f"{book.rejected} line(s) refused")  # fmt: skip
     if as_json:
         output = {"run": result.as_json(), "check": report.as_json() if report else None}
         click.echo(json.dumps(output, ensure_ascii=False, default=_json_default))

@@ -142,8 +142,9 @@ class Faults:
             return None
         target = others[int(self.rng.integers(len(others)))]
         self.world.put(index, target, t, "misplaced")
+        gtin = self.world.skus[self.world.items.sku[index]].gtin
         return self.world.truth.fault_started(FaultType.MISPLACED_ITEM, epc, t, site_id=source.site.id,
-                                              location_id=target.id, booked_at=source.id)  # fmt: skip
+                                              location_id=target.id, booked_at=source.id, gtin=gtin)  # fmt: skip
 
     def open_door(self, t: float, subject: str | None, duration: float | None) -> FaultRecord | None:
         rooms = [loc.id for loc in self.world.locations.values()

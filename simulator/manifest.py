@@ -171,3 +171,32 @@ def manifest_yaml(scenario: Scenario, topic_prefix: str = "") -> str:
         f"# Routes for the service: STOCKTRACE_ROUTES='{routes(scenario, topic_prefix)}'\n"
     )
     return header + yaml.safe_dump(manifest(scenario, topic_prefix), sort_keys=False, allow_unicode=True, width=120)
+
+
+def rules(scenario: Scenario) -> dict[str, Any]:
+    """Alert rules for the scenario: the shipped defaults, with inventory variance judged where stock is kept.
+
+    - A variance of one unit counts for the serialised SKUs. The default thresholds (2 units and 3 % of the
+      book) ignore one unit out of place, which for yoghurt is noise and for a medicine pack with its own serial
+      is a pack to find: under them a single misplaced unit is never a variance (one unit short at its shelf,
+      one over at the shelf it went to).
+    - No variance at receiving, shipping, staging and dock doors: goods pass through them in minutes, so a book
+      exported a quarter of an hour ago and what the readers see now differ by whatever moved in between.
+    """
+    overrides: list[dict[str, Any]] = [
+        {"match": {"location": loc.id}, "enabled": False}
+        for site in scenario.sites
+        for loc in site.locations
+        if loc.role is not None or loc.kind in (LocationKind.DOCK_DOOR, LocationKind.STAGING)
+    ]
+    overrides += [{"match": {"gtin": sku.gtin}, "absolute_units": 1} for sku in scenario.skus if sku.serialised]
+    return {"rules": {"inventory_variance": {"overrides": overrides}}} if overrides else {}
+
+
+def rules_yaml(scenario: Scenario) -> str:
+    header = (
+        f"# Alert rules of scenario {scenario.name!r}, written by `stocktrace simulate --manifest`: the shipped\n"
+        f"# defaults; no variance where goods pass through, one unit for serialised SKUs.\n"
+        f"# Use with STOCKTRACE_RULES_FILE=<this file>.\n"
+    )
+    return header + yaml.safe_dump(rules(scenario), sort_keys=False, allow_unicode=True, width=120)

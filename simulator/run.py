@@ -29,6 +29,8 @@ import numpy as np
 
 from simulator.delivery import Delivery
 from simulator.engine import Clock, RunStats, Simulation
+from simulator.erp import DEFAULT_EVERY_S as DEFAULT_BOOK_EVERY_S
+from simulator.erp import BookExport
 from simulator.faults import Faults, plan, random_plan
 from simulator.fleet import Fleet
 from simulator.hardware import Reader, ReeferUnit, Sensor, SimDevice, Tracker
@@ -104,10 +106,14 @@ def run(
     ideal: bool = False,
     stop: threading.Event | None = None,
     progress: Callable[[RunStats], None] | None = None,
+    book: BookExport | None = None,
+    book_every_s: float = DEFAULT_BOOK_EVERY_S,
 ) -> RunResult:
     """Run ``scenario`` and return what happened. ``mqtt=None`` without a ``sink`` keeps messages in memory.
 
-    Raises `simulator.publisher.PublishError` when the broker cannot be reached.
+    ``book`` receives the ERP's book at the start and every ``book_every_s`` of virtual time (simulator/erp.py
+    imports it into stocktrace). Raises `simulator.publisher.PublishError` when the broker
+    cannot be reached.
     """
     seed = scenario.seed if seed is None else seed
     first, end = _window(scenario, mode, duration_s, start)
@@ -124,7 +130,21 @@ def run(
         truth.book(world.book.snapshot(), first, at_start=True)
         physics = scenario.physics.ideal() if ideal else scenario.physics
         sim = Simulation(world, Delivery(physics, net_rng), sink, Clock(first, pace), end, stop, progress)
+        if book is not None:
+            _export_book(sim, book, book_every_s)
         return _simulate(sim, scenario, physics, (device_rng, ops_rng, fault_rng), mode, seed, topic_prefix)
+
+
+def _export_book(sim: Simulation, book: BookExport, every_s: float) -> None:
+    """Schedule the ERP's exports. None at the run's end: a book is judged against reads made after it, and
+    after the end there are none."""
+
+    def export(t: float) -> None:
+        book(sim.world.book.snapshot(), t)
+        if every_s > 0 and t + every_s < sim.end:
+            sim.at(t + every_s, export)
+
+    sim.at(sim.now, export)
 
 
 def _window(scenario: Scenario, mode: Mode, duration_s: float | None, start: float | None) -> tuple[float, float]:

@@ -212,6 +212,9 @@ class SkuSpec(_Strict):
     shelf_life_days: int = Field(ge=1)
     demand_per_day: dict[str, float] = Field(default_factory=dict, description="Site id → mean units per weekday")
     cover_days: float = Field(default=4.0, gt=0, description="Stock a site aims to hold, in days of demand")
+    serialised: bool = Field(
+        default=False, description="Each unit counts (a medicine pack with its own serial): one unit is a variance"
+    )
 
     @field_validator("gtin")
     @classmethod

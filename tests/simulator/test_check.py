@@ -144,3 +144,21 @@ def test_alerts_recorded_before_the_run_began_are_not_its_own(result: RunResult,
     alerts = _check_alerts(db, result)
     assert not isinstance(alerts, Unavailable)
     assert (alerts.alerts, alerts.per_fault["cold_room_door_open"]["detected"]) == (0, 0)
+
+
+def test_a_variance_finds_a_misplaced_unit_only_when_it_is_about_that_product(
+    result: RunResult, db: psycopg.Connection[Any]
+) -> None:
+    misplaced = next(f for f in result.faults if f.fault == "misplaced_item")
+    target, gtin = misplaced.location_id, misplaced.details["gtin"]
+    other = next(sku.gtin for sku in load_scenario(SMALL).skus if sku.gtin != gtin)
+    _fired(db, "InventoryVariance", f"{other}@{target}", misplaced.start + 60)  # another product at that shelf
+    result.real_started_at = time.time() - 60
+    alerts = _check_alerts(db, result)
+    assert not isinstance(alerts, Unavailable)
+    assert alerts.per_fault["misplaced_item"]["detected"] == 0
+
+    _fired(db, "InventoryVariance", f"{gtin}@{target}", misplaced.start + 120)
+    alerts = _check_alerts(db, result)
+    assert not isinstance(alerts, Unavailable)
+    assert alerts.per_fault["misplaced_item"]["detected"] == 1
