@@ -142,20 +142,9 @@ def bench_alerts(
       stocktrace bench alerts
       stocktrace bench alerts --rooms 5000 --json
     """
-    server = psycopg.conninfo.conninfo_to_dict(database_url)
-    name = f"{server.get('dbname') or 'stocktrace'}_bench_alerts"
-    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-        conn.execute(f'create database "{name}"')
-    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
-    try:
-        db.migrate(url)
+    with db.scratch_database(database_url, "bench_alerts") as url:
         config = rules_bench.BenchConfig(url, rooms, shelves, skus, max(2, ticks), naive_subjects)
         result = rules_bench.run_benchmark(config, lambda line: click.echo(line, err=as_json))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
