@@ -17,7 +17,7 @@ from simulator.check import CheckReport, check
 from simulator.engine import RunStats
 from simulator.erp import SOURCE, DatabaseBook
 from simulator.load import LoadResult, run_load
-from simulator.manifest import manifest_yaml, routes, rules_yaml
+from simulator.manifest import manifest_yaml, rules_yaml, service_environment
 from simulator.publisher import PublishError
 from simulator.run import RunResult, run
 from simulator.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, parse_duration
@@ -140,7 +140,7 @@ def _summary(result: RunResult, scenario: Scenario, truth: Path | None) -> str:
         )
     if truth is not None:
         lines.append(f"ground truth written to {truth}")
-    lines.append(f"routes the service needs: STOCKTRACE_ROUTES='{routes(scenario, result.topic_prefix)}'")
+    lines.append(f"routes the service needs: {service_environment(scenario, result.topic_prefix)}")
     return "\n".join(lines)
 
 

@@ -34,14 +34,21 @@ ROUTES = {
 }
 
 
-def routes(scenario: Scenario, topic_prefix: str = "") -> str:
+def routes(scenario: Scenario) -> str:
     """The STOCKTRACE_ROUTES value that sends each of the scenario's formats to its decoder."""
     used = {r.format.value for s in scenario.sites for r in s.readers} | {
         x.format.value for s in scenario.sites for x in s.sensors
     }
     used |= {v.tracker.format for v in scenario.vehicles} | {v.reefer.format for v in scenario.vehicles}
-    prefix = f"{topic_prefix.strip('/')}/" if topic_prefix.strip("/") else ""
-    return ";".join(f"{prefix}{ROUTES[fmt]}={fmt}" for fmt in sorted(used) if fmt in ROUTES)
+    return ";".join(f"{ROUTES[fmt]}={fmt}" for fmt in sorted(used) if fmt in ROUTES)
+
+
+def service_environment(scenario: Scenario, topic_prefix: str = "") -> str:
+    """The service's settings for the scenario's devices: its routes, and the prefix its topics are under."""
+    environment = f"STOCKTRACE_ROUTES='{routes(scenario)}'"
+    if prefix := topic_prefix.strip("/"):
+        environment += f" STOCKTRACE_MQTT_TOPIC_PREFIX='{prefix}'"
+    return environment
 
 
 def _timeout(interval_s: float) -> int:
@@ -168,7 +175,7 @@ def manifest_yaml(scenario: Scenario, topic_prefix: str = "") -> str:
     header = (
         f"# Registry of scenario {scenario.name!r}, written by `stocktrace simulate --manifest`.\n"
         f"# Apply with: stocktrace apply -f <this file>\n"
-        f"# Routes for the service: STOCKTRACE_ROUTES='{routes(scenario, topic_prefix)}'\n"
+        f"# Routes for the service: {service_environment(scenario, topic_prefix)}\n"
     )
     return header + yaml.safe_dump(manifest(scenario, topic_prefix), sort_keys=False, allow_unicode=True, width=120)
 

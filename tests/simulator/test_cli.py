@@ -36,6 +36,20 @@ def test_manifest_is_one_the_registry_accepts(tmp_path: Path) -> None:
     assert devices["test:truck-1-gps"].location == "truck-1"
 
 
+def test_a_manifest_under_a_topic_prefix_tells_the_service_the_prefix(tmp_path: Path) -> None:
+    target = tmp_path / "site.yaml"
+    args = ["--scenario", str(SMALL), "--manifest", str(target), "--topic-prefix", "lab/run-7/"]
+    outcome = CliRunner().invoke(simulate, args)
+    assert outcome.exit_code == 0, outcome.output
+    header = next(line for line in target.read_text().splitlines() if line.startswith("# Routes for the service"))
+    # Routes as the firmware writes topics; the prefix is the service's to remove.
+    assert "STOCKTRACE_ROUTES='impinj/+/events=impinj-r700;" in header
+    assert header.endswith(" STOCKTRACE_MQTT_TOPIC_PREFIX='lab/run-7'")
+    devices = {entry.obj.id: entry.obj for entry in Objects.of(parse(target.read_text()).manifest).devices}
+    assert devices["dc-portal"].mqtt is not None
+    assert devices["dc-portal"].mqtt.topic_prefix.startswith("lab/run-7/")  # the broker's ACLs see whole topics
+
+
 def test_accelerated_run_prints_json_and_writes_the_truth(
     tmp_path: Path, mqtt_address: tuple[str, int], topic_prefix: str
 ) -> None:
