@@ -46,8 +46,9 @@ def test_a_manifest_under_a_topic_prefix_tells_the_service_the_prefix(tmp_path: 
     assert "STOCKTRACE_ROUTES='impinj/+/events=impinj-r700;" in header
     assert header.endswith(" STOCKTRACE_MQTT_TOPIC_PREFIX='lab/run-7'")
     devices = {entry.obj.id: entry.obj for entry in Objects.of(parse(target.read_text()).manifest).devices}
-    assert devices["dc-portal"].mqtt is not None
-    assert devices["dc-portal"].mqtt.topic_prefix.startswith("lab/run-7/")  # the broker's ACLs see whole topics
+    mqtt = devices["dc-portal"].mqtt
+    assert mqtt is not None
+    assert (mqtt.topic_prefix or "").startswith("lab/run-7/")  # the broker's ACLs see whole topics
 
 
 def test_accelerated_run_prints_json_and_writes_the_truth(
