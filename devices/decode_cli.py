@@ -13,7 +13,9 @@ from functools import partial
 from typing import IO, Any
 
 import click
+from pydantic_core import PydanticCustomError
 
+from devices.decoder_options import DeviceDecoding, build_decoders, check_options
 from devices.decoders import DECODERS, DecodeError, Decoder
 from devices.reading import RawMessage, as_json
 
@@ -27,8 +29,20 @@ from devices.reading import RawMessage, as_json
     metavar="TOPIC",
     help="MQTT topic the payload arrived on; most formats take the device id from it.",
 )
+@click.option(
+    "--device", metavar="ID", help="The device the payload is from, as the registry names it (with --options)."
+)
+@click.option(
+    "--options",
+    "options_json",
+    metavar="JSON",
+    help="The device's decoder_options, as in a manifest (field maps, time zone, metric names).",
+)
 @click.argument("payload_file", metavar="[FILE]", type=click.File("rb"), required=False)
-def decode(list_sources: bool, source: str | None, topic: str, payload_file: IO[bytes] | None) -> None:
+def decode(
+    list_sources: bool, source: str | None, topic: str, device: str | None, options_json: str | None,
+    payload_file: IO[bytes] | None,
+) -> None:  # fmt: skip
     """Print the normalised readings of one device payload, one JSON object per line.
 
     Use it to check a device before wiring it: capture one message (FILE, or - for stdin) and decode it
@@ -40,6 +54,8 @@ def decode(list_sources: bool, source: str | None, topic: str, payload_file: IO[
       stocktrace decode --list
       stocktrace decode --source zebra-fx --topic zebra/dock-door-1/data tags.json
       T=owntracks/jane/phone; mosquitto_sub -t $T -C 1 | stocktrace decode --source owntracks --topic $T -
+      stocktrace decode --source ttn-v3 --device lht65-freezer-1 \\
+          --options '{"fields": {"TempC_SHT": "temperature_c", "BatV": "battery_v"}}' uplink.json
     """
     if list_sources:
         _print_sources(DECODERS)
@@ -48,7 +64,7 @@ def decode(list_sources: bool, source: str | None, topic: str, payload_file: IO[
         raise click.UsageError(
             "give --source NAME and a FILE (or - for stdin); `stocktrace decode --list` shows the sources"
         )
-    decoder = DECODERS.get(source)
+    decoder = _with_options(source, device, options_json) if options_json else DECODERS.get(source)
     if decoder is None:
         raise click.BadParameter(
             f"unknown source {source!r}; known sources: {', '.join(sorted(DECODERS))}"
@@ -66,6 +82,26 @@ def decode(list_sources: bool, source: str | None, topic: str, payload_file: IO[
         click.echo(json.dumps(as_json(reading), ensure_ascii=False, default=_jsonable))
     if not readings:
         click.echo(f"no readings: this {source} message carries none (it decoded without error)", err=True)
+
+
+def _with_options(source: str | None, device: str | None, options_json: str) -> Decoder | None:
+    """The source's decoder as a worker builds it for ``device`` with these options (None: unknown source)."""
+    if source is None or source not in DECODERS:
+        return None
+    if not device:
+        raise click.UsageError("--options are a device's: give --device ID too (the id the decoder names it by)")
+    try:
+        options = json.loads(options_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="'--options'") from None
+    if not isinstance(options, dict):
+        raise click.BadParameter("must be a JSON object, as decoder_options in a manifest", param_hint="'--options'")
+    try:
+        stored = check_options(source, options)
+    except PydanticCustomError as exc:
+        raise click.BadParameter(exc.message(), param_hint="'--options'") from None
+    built = build_decoders([DeviceDecoding(device, source, stored or {})])
+    return built.decoders[source]
 
 
 def _jsonable(value: object) -> object:
@@ -200,18 +236,12 @@ def _print_table(report: Mapping[str, Any]) -> None:
         f"Decoding on one core, {report['seconds_per_measurement']:g} s per measurement,"
         f" Python {report['python']}; baseline: {report['baseline']}."
     )
-    click.echo(
-        f"{'source':<16}{'msg/s':>12}{'µs/msg':>10}{'json.loads µs':>15}{'x baseline':>12}{'readings':>10}"
-    )
+    click.echo(f"{'source':<16}{'msg/s':>12}{'µs/msg':>10}{'json.loads µs':>15}{'x baseline':>12}{'readings':>10}")
     for row in report["formats"]:
         base = row["baseline_us_per_message"]
         click.echo(
             f"{row['source']:<16}{row['messages_per_s']:>12,.0f}{row['us_per_message']:>10.1f}"
-            + (
-                f"{base:>15.2f}{row['ratio_to_baseline']:>11.1f}x"
-                if base is not None
-                else f"{'n/a':>15}{'n/a':>12}"
-            )
+            + (f"{base:>15.2f}{row['ratio_to_baseline']:>11.1f}x" if base is not None else f"{'n/a':>15}{'n/a':>12}")
             + f"{row['readings_per_message']:>10}"
         )
     for row in report["skipped"]:

@@ -44,9 +44,7 @@ def test_source_prints_one_json_line_per_reading() -> None:
 def test_payload_from_stdin_with_topic() -> None:
     payload = (CASES / "owntracks" / "transition-enter" / "payload.bin").read_bytes()
 
-    code, out, _ = _run(
-        "decode", "--source", "owntracks", "--topic", "owntracks/jane/phone/event", "-", stdin=payload
-    )
+    code, out, _ = _run("decode", "--source", "owntracks", "--topic", "owntracks/jane/phone/event", "-", stdin=payload)
 
     assert code == 0
     [position] = [json.loads(line) for line in out.splitlines()]
@@ -99,9 +97,7 @@ def test_missing_source_says_what_to_give() -> None:
 def test_message_without_readings_is_not_an_error() -> None:
     payload = (CASES / "owntracks" / "card-is-not-a-reading" / "payload.bin").read_bytes()
 
-    code, out, err = _run(
-        "decode", "--source", "owntracks", "--topic", "owntracks/jane/phone/info", "-", stdin=payload
-    )
+    code, out, err = _run("decode", "--source", "owntracks", "--topic", "owntracks/jane/phone/info", "-", stdin=payload)
 
     assert (code, out) == (0, "")
     assert "no readings" in err
@@ -136,9 +132,7 @@ def test_bench_reports_every_format_in_json(monkeypatch: pytest.MonkeyPatch) -> 
         row = measured[name]
         assert row["messages_per_s"] > 0
         assert row["readings_per_message"] >= 1
-        assert row["ratio_to_baseline"] == pytest.approx(
-            row["us_per_message"] / row["baseline_us_per_message"]
-        )
+        assert row["ratio_to_baseline"] == pytest.approx(row["us_per_message"] / row["baseline_us_per_message"])
         assert row["messages_per_s"] == pytest.approx(1e6 / row["us_per_message"])
 
 
@@ -149,3 +143,30 @@ def test_bench_prints_a_table() -> None:
     assert "json.loads" in out
     rows = {line.split()[0] for line in out.splitlines()[2:]}
     assert set(MY_FORMATS) <= rows
+
+
+def test_options_decode_as_a_worker_would_for_that_device() -> None:
+    uplink = json.loads((CASES / "ttn-v3" / "nothing-mapped" / "payload.bin").read_bytes())
+    uplink["uplink_message"]["decoded_payload"] = {"T_probe": 41.0}
+    payload = json.dumps(uplink).encode()
+    options = '{"fields": {"T_probe": "temperature_f"}}'
+
+    code, _, err = _run("decode", "--source", "ttn-v3", "-", stdin=payload)
+    assert code == 1
+    assert "no field mapped" in err
+
+    code, out, err = _run("decode", "--source", "ttn-v3", "--device", "dev1", "--options", options, "-", stdin=payload)
+    assert (code, err) == (0, "")
+    [reading] = [json.loads(line) for line in out.splitlines()]
+    assert (reading["device_id"], reading["quantity"], reading["value"]) == ("dev1", "temperature_c", 5.0)
+
+
+def test_options_need_a_device_and_must_be_valid() -> None:
+    code, _, err = _run("decode", "--source", "ttn-v3", "--options", "{}", "-", stdin=b"{}")
+    assert code == 2
+    assert "give --device ID too" in err
+
+    bad = '{"fields": {"T_probe": "temprature_c"}}'
+    code, _, err = _run("decode", "--source", "ttn-v3", "--device", "dev1", "--options", bad, "-", stdin=b"{}")
+    assert code == 2
+    assert "'temprature_c' is not a target" in err
