@@ -10,6 +10,13 @@ The phases:
 - naive: a paho-mqtt consumer doing one INSERT and commit per message (what a hand-built bridge does);
 - bare: ``mosquitto_sub`` at QoS 1 with a receive maximum of 65535 that only receives (the broker's ceiling);
 - batched: messages carrying 50 reads each.
+
+With tracking on, the resolver runs beside the workers in a process of its own, as the service runs it, so its
+folding of sighting deltas and presence work share the machine with ingest. Its ticks are timed: a read is
+resolved by the first tick that starts after the read's batch committed, and the latency run reports read →
+resolved (the end of that tick) as well; this counts a batch that commits while a tick is starting up one tick
+late, so it is an upper bound. The throughput run reports how long after the last commit the resolver had
+caught up.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.synchronize import Event as EventType
+from queue import Empty
 from typing import Final
 
 import msgspec
@@ -42,9 +50,13 @@ from ingest.wire import BrokerOptions
 from ingest.writer import Writer
 from stocktrace import db
 from stocktrace.service import writer_steps
+from tracking import resolver
 
 _READS_PER_BATCHED_MESSAGE: Final = 50
 _PHASE_TIMEOUT_S: Final = 300.0
+
+# A resolver tick: wall-clock start and end, whether it left more to do, and the items it resolved.
+_Tick = tuple[float, float, bool, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +74,8 @@ class BenchConfig:
     workers: int = 1
     tracking: bool = True
     tags: int = 10_000
+    resolver: bool = True
+    """With tracking, run the resolver beside the workers (off: the ingest step alone; its deltas wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,11 @@ class BenchResult:
     workers: int
     tracking: bool
     tags: int
+    resolve_p50_ms: float | None = None
+    """Read → resolved by the resolver (the end of the tick that folded it), in the latency run."""
+    resolve_p99_ms: float | None = None
+    caught_up_ms: float | None = None
+    """From the last commit of the throughput run to the end of the resolver tick that had folded everything."""
 
 
 def _lines(device: str, count: int, tags: int, reads: int = 1) -> Iterator[bytes]:
@@ -199,36 +218,79 @@ def _paced(device: str, rate: float, seconds: float, tags: int) -> Iterator[byte
 
 
 class _Counter:
-    """Counts committed messages and, optionally, the publish → commit latency of every read."""
+    """Counts committed messages and, optionally, keeps the read times of every commit."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.messages = 0
         self.reads = 0
-        self.latencies_s: list[np.ndarray] = []
+        self.last_commit_at = 0.0
+        self.commits: list[tuple[float, np.ndarray]] = []
 
-    def add(self, messages: int, reads: int, latencies_s: np.ndarray | None) -> bool:
+    def add(self, messages: int, reads: int, committed_at: float, read_at: np.ndarray | None) -> bool:
         """Count one commit; True once the target is reached."""
         self.messages += messages
         self.reads += reads
-        if latencies_s is not None:
-            self.latencies_s.append(latencies_s)
+        self.last_commit_at = max(self.last_commit_at, committed_at)
+        if read_at is not None:
+            self.commits.append((committed_at, read_at))
         return self.messages >= self.target
+
+    def commit_latencies_ms(self) -> np.ndarray:
+        return np.concatenate([at - read_at for at, read_at in self.commits]) * 1000
+
+    def resolve_latencies_ms(self, ticks: list[_Tick]) -> np.ndarray:
+        """Read → end of the first complete tick that started after the read's commit."""
+        complete = [(start, end) for start, end, more, _ in ticks if not more]
+        starts = np.array([start for start, _ in complete])
+        ends = np.array([end for _, end in complete])
+        latencies = []
+        for at, read_at in self.commits:
+            index = int(np.searchsorted(starts, at, side="right"))
+            if index < len(ends):
+                latencies.append(ends[index] - read_at)
+        return np.concatenate(latencies) * 1000 if latencies else np.zeros(0)
+
+
+class _TimedResolver(resolver.Resolver):
+    """The resolver, reporting the wall-clock span of every tick."""
+
+    def __init__(self, ticks: multiprocessing.Queue[_Tick]) -> None:
+        super().__init__()
+        self._ticks = ticks
+
+    async def tick(self, conn: resolver.Conn) -> resolver.TickReport:
+        started = time.time()
+        report = await super().tick(conn)
+        self._ticks.put((started, time.time(), report.more, report.items))
+        return report
+
+
+def _resolve(database_url: str, ticks: multiprocessing.Queue[_Tick], stop: EventType) -> None:
+    """The bench's resolver process, as the service runs it beside the workers."""
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(resolver.run(database_url, stopping, resolver=_TimedResolver(ticks)))
+        await asyncio.to_thread(stop.wait)
+        stopping.set()
+        await task
+
+    asyncio.run(run())
 
 
 def _consume(
     config: BenchConfig, client_id: str, topics: list[str], keep_latency: bool,
-    commits: multiprocessing.Queue[tuple[int, int, np.ndarray | None]], ready: EventType, stop: EventType,
+    commits: multiprocessing.Queue[tuple[int, int, float, np.ndarray | None]], ready: EventType, stop: EventType,
 ) -> None:  # fmt: skip
     """A bench worker process: the service's consumer, reporting every commit to the parent."""
 
     def on_commit(committed: Committed) -> None:
         reads = committed.rows.rfid_reads
-        latencies = None
+        read_at = None
         if keep_latency and reads:
-            at = committed.committed_at.timestamp()
-            latencies = at - np.fromiter((row[0].timestamp() for row in reads), dtype=np.float64, count=len(reads))
-        commits.put((committed.messages, len(reads), latencies))
+            read_at = np.fromiter((row[0].timestamp() for row in reads), dtype=np.float64, count=len(reads))
+        commits.put((committed.messages, len(reads), committed.committed_at.timestamp(), read_at))
 
     async def consume() -> None:
         consumer = Consumer(
@@ -238,6 +300,7 @@ def _consume(
             Writer(config.database_url, writer_steps() if config.tracking else ()),
             config.batch,
             on_commit=on_commit,
+            registry_url=config.database_url,
         )
         stopping = asyncio.Event()
         task = asyncio.create_task(consumer.run(stopping))
@@ -252,15 +315,22 @@ def _consume(
 
 async def _through_stocktrace(
     config: BenchConfig, run: str, lines_for: Callable[[int], Iterator[bytes]], counter: _Counter,
-    keep_latency: bool = False,
+    keep_latency: bool = False, ticks: list[_Tick] | None = None,
 ) -> float:  # fmt: skip
     """Publish through the C publishers into the real consumer in worker processes of its own (as the
-    service runs it); seconds from the first byte published to the last commit."""
+    service runs it), with the resolver beside them when tracking; seconds from the first byte published to the
+    last commit. The resolver's ticks go into ``ticks`` until one has caught up with the last commit."""
     topics = [f"stocktrace/bench-{run}-{p}/reads" for p in range(config.publishers)]
     _register_readers(config.database_url, topics)
     context = multiprocessing.get_context("spawn")
-    commits: multiprocessing.Queue[tuple[int, int, np.ndarray | None]] = context.Queue()
+    commits: multiprocessing.Queue[tuple[int, int, float, np.ndarray | None]] = context.Queue()
     stop = context.Event()
+    tick_queue: multiprocessing.Queue[_Tick] = context.Queue()
+    resolving = context.Event()
+    resolver_process = None
+    if config.tracking and config.resolver:
+        resolver_process = context.Process(target=_resolve, args=(config.database_url, tick_queue, resolving))
+        resolver_process.start()
     workers = []
     for index in range(config.workers):
         ready = context.Event()
@@ -287,7 +357,25 @@ async def _through_stocktrace(
         for process, _ in workers:
             await asyncio.to_thread(process.join, 30)
         await asyncio.to_thread(publishers.close)
+        if resolver_process is not None:
+            await _until_caught_up(tick_queue, counter.last_commit_at, ticks if ticks is not None else [])
+            resolving.set()
+            await asyncio.to_thread(resolver_process.join, 30)
     return elapsed
+
+
+async def _until_caught_up(queue: multiprocessing.Queue[_Tick], last_commit_at: float, ticks: list[_Tick]) -> None:
+    """Collect ticks until a complete one started after the last commit (or the phase's time is up)."""
+    deadline = time.monotonic() + _PHASE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            tick = await asyncio.to_thread(queue.get, True, 1.0)
+        except Empty:
+            continue
+        ticks.append(tick)
+        started, _, more, _ = tick
+        if started > last_commit_at and not more:
+            return
 
 
 def _naive(config: BenchConfig, run: str) -> float:
@@ -416,26 +504,40 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
     )
     _reset(config.database_url)
     counter = _Counter(per * config.publishers)
+    throughput_ticks: list[_Tick] = []
     elapsed = await _through_stocktrace(
-        config, f"{run}t", lambda p: _chunked(_lines(f"t{p}", per, config.tags)), counter
+        config, f"{run}t", lambda p: _chunked(_lines(f"t{p}", per, config.tags)), counter, ticks=throughput_ticks
     )
     msgs_per_s = counter.messages / elapsed
     progress(f"  {msgs_per_s:,.0f} msg/s")
+    caught_up_ms = None
+    if config.tracking and throughput_ticks:
+        caught_up_ms = (throughput_ticks[-1][1] - counter.last_commit_at) * 1000
+        progress(
+            f"  resolver: {_tick_summary(throughput_ticks)}; caught up {caught_up_ms:,.0f} ms after the last commit"
+        )
 
     progress(f"latency: {config.rate:,} msg/s offered for {config.latency_seconds:g} s ...")
     _reset(config.database_url)
     rate_each = config.rate / config.publishers
     latency = _Counter(int(rate_each * config.latency_seconds) * config.publishers)
+    latency_ticks: list[_Tick] = []
     await _through_stocktrace(
         config,
         f"{run}l",
         lambda p: _paced(f"l{p}", rate_each, config.latency_seconds, config.tags),
         latency,
         keep_latency=True,
+        ticks=latency_ticks,
     )
-    latencies_ms = np.concatenate(latency.latencies_s) * 1000
-    p50, p99 = (float(v) for v in np.percentile(latencies_ms, [50, 99]))
-    progress(f"  p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    p50, p99 = (float(v) for v in np.percentile(latency.commit_latencies_ms(), [50, 99]))
+    progress(f"  publish → committed: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    resolve_p50 = resolve_p99 = None
+    resolved = latency.resolve_latencies_ms(latency_ticks)
+    if config.tracking and len(resolved):
+        resolve_p50, resolve_p99 = (float(v) for v in np.percentile(resolved, [50, 99]))
+        progress(f"  resolver: {_tick_summary(latency_ticks)}")
+        progress(f"  read → resolved: p50 {resolve_p50:.0f} ms, p99 {resolve_p99:.0f} ms")
 
     progress(f"batched: {config.batched_messages:,} messages of {_READS_PER_BATCHED_MESSAGE} reads ...")
     _reset(config.database_url)
@@ -476,7 +578,17 @@ async def run_benchmark(config: BenchConfig, progress: Callable[[str], None]) ->
         workers=config.workers,
         tracking=config.tracking,
         tags=config.tags,
+        resolve_p50_ms=None if resolve_p50 is None else round(resolve_p50, 1),
+        resolve_p99_ms=None if resolve_p99 is None else round(resolve_p99, 1),
+        caught_up_ms=None if caught_up_ms is None else round(caught_up_ms, 1),
     )
+
+
+def _tick_summary(ticks: list[_Tick]) -> str:
+    seconds = np.array([end - start for start, end, _, _ in ticks])
+    items = sum(tick[3] for tick in ticks)
+    mean_ms, max_ms = seconds.mean() * 1000, seconds.max() * 1000
+    return f"{len(ticks)} ticks of {mean_ms:,.0f} ms on average (max {max_ms:,.0f}), {items:,} items"
 
 
 def result_json(result: BenchResult) -> str:

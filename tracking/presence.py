@@ -90,6 +90,12 @@ class ItemState:
     latitude: float | None = None
     longitude: float | None = None
 
+    def seen_at(self, last_seen_at: datetime) -> ItemState:
+        """The same state, last seen later (what most ticks decide for most items: built directly, it costs a
+        fraction of ``dataclasses.replace``)."""
+        return ItemState(self.location_id, self.status, self.since, last_seen_at, self.site_id, self.container_epc,
+                         self.latitude, self.longitude)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -158,7 +164,7 @@ def resolve(
     """
     seen = [s for s in sightings if s.location_id in premises.places]
     if seen:
-        premises = replace(premises, item_seen_at=max(s.last_seen_at for s in seen))
+        premises = Premises(premises.places, premises.clocks, max(s.last_seen_at for s in seen))
     if state is not None and state.location_id is not None:
         current = next((s for s in seen if s.location_id == state.location_id), None)
         if current is not None and current.last_seen_at >= state.since:
@@ -185,7 +191,7 @@ def _hold_or_switch(state: ItemState, current: Sighting, seen: list[Sighting], p
     ]
     if not rivals:
         if current.last_seen_at > state.last_seen_at:
-            return Resolution(replace(state, last_seen_at=current.last_seen_at))
+            return Resolution(state.seen_at(current.last_seen_at))
         return Resolution(state)
     best = max(rivals, key=_strength)
     # A visit that began after the item came here dates the move; otherwise the move is as recent as the reads.

@@ -4,22 +4,32 @@
 exactly one resolves; the others retry every interval and take over within one when the leader's connection
 dies (the lock goes with it). Each tick is one transaction:
 
-1. new GPS fixes move vehicles (tracking/vehicles.py);
-2. the items to look at: those whose sightings changed since the watermark (new EPCs get their ``items`` row,
-   tracking/identity.py), those whose container association changed, and present items whose location's clock
-   has passed their age-out;
-3. presence (tracking/presence.py) decides each one's state and events, containers first, and the contents of
+1. new GPS fixes move vehicles (tracking/vehicles.py), and the locations' clocks are read;
+2. the sighting deltas that ingest appended are folded into ``tag_sightings`` (tracking/sightings.py), after
+   the clocks: every read a clock counts is then folded, so nothing ages out on a clock that has passed reads
+   not folded yet. A backlog of more than ``fold_limit`` deltas (after the resolver was down) is folded over
+   ticks of their own, oldest first, and its items are resolved (``sightings_to_resolve``) once it is folded;
+3. the items to look at: those whose sightings the fold changed (new EPCs get their ``items`` row,
+   tracking/identity.py), those whose container association changed since the watermark, and present items
+   whose location's clock has passed their age-out;
+4. presence (tracking/presence.py) decides each one's state and events, containers first, and the contents of
    a container that moved follow it;
-4. item_state is upserted and location_events appended; what is still aboard a vehicle takes its position
+5. item_state is upserted and location_events appended; what is still aboard a vehicle takes its position
    and its site crossings; items that went out through a door just before a vehicle left are put aboard it,
    and items that moved in step with a container are associated with it;
-5. the watermarks advance, in the same transaction, so a tick is applied entirely or not at all.
+6. the watermarks (of container changes, and of the deltas folded) advance, in the same transaction, so a tick
+   is applied entirely or not at all.
 
-The watermark is ``tag_sightings.updated_at``, which ingest sets to its transaction's start time. A transaction
-still open may commit rows older than rows already visible, so the watermark never passes the start of the
-oldest transaction open in the database when the tick began: rows after it are read again next tick, which is
-harmless because resolving an unchanged item changes nothing. This needs the resolver's role to see the other
-sessions' ``xact_start`` in pg_stat_activity: connect as the same role as ingest, or grant it pg_read_all_stats.
+Between ticks the resolver waits ``interval_s`` (age-outs follow the locations' clocks), or less when ingest
+notifies it that deltas wait: then it rests only ``min_rest_s``, or twice as long as its last tick took if that is
+longer (never longer than ``interval_s``). A quiet site's reads are resolved within a fraction of a second, and
+under load one tick folds the deltas of many batches: folding costs per tag more than per delta.
+
+The watermark of ``container_contents`` is its ``updated_at``. A transaction still open may commit rows older than
+rows already visible, so the watermark stays below the start of the oldest transaction open in the database when
+the tick began: rows after it are read again next tick, which is harmless because resolving an unchanged item
+changes nothing. This needs the resolver's role to see the other sessions' ``xact_start`` in pg_stat_activity:
+connect as the same role as ingest, or grant it pg_read_all_stats.
 """
 
 from __future__ import annotations
@@ -30,14 +40,14 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeAlias
 
 import psycopg
 from prometheus_client import Counter, Gauge, Histogram
 
-from tracking import containers, identity, vehicles
+from tracking import containers, identity, sightings, vehicles
 from tracking.containers import Move
 from tracking.geofence import Geofence
 from tracking.policy import AGE_OUT_READ_INTERVALS
@@ -50,9 +60,12 @@ Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 
 # Any 64-bit number unique to stocktrace's resolver (the migrations lock is 0x5E0C_7ACE_0001).
 LOCK_KEY: Final = 0x5E0C_7ACE_0200
-SIGHTINGS: Final = "sightings"
 CONTENTS: Final = "contents"
 _RECONNECT_S: Final = 2.0
+# After a tick, the resolver rests at least this long, and at least this many times as long as the tick took,
+# before ingest's notifications wake it: a busy resolver then takes the deltas of many batches in one tick.
+MIN_REST_S: Final = 0.1
+REST_PER_TICK: Final = 2.0
 _CONTAINER_DEPTH: Final = 3  # a case in a pallet in a truck
 # item_state.last_seen_at is rewritten only when it moves by this much (or with anything else): a tag read every
 # second would otherwise cost a row update every tick. The age-out scan may then look at an item a few seconds
@@ -69,8 +82,9 @@ TICK_SECONDS: Final = Histogram(
 )
 LEADER: Final = Gauge("stocktrace_tracking_resolver_leader", "1 while this process holds the resolver lock")
 
+# Just below the oldest open transaction's start: its rows carry that start as updated_at.
 _HORIZON: Final = """
-select coalesce(min(xact_start), clock_timestamp()) from pg_stat_activity
+select coalesce(min(xact_start) - interval '1 microsecond', clock_timestamp()) from pg_stat_activity
 where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'
   and xact_start is not null
 """
@@ -146,6 +160,8 @@ class TickReport:
     inferred_contents: int = 0
     more: bool = False
     """The tick stopped at its limit: there is more to do at once."""
+    folded: int = 0
+    """Sighting deltas folded."""
 
 
 @dataclass(slots=True)
@@ -163,10 +179,12 @@ class _Work:
 
 
 class Resolver:
-    """One tick at a time on a connection that holds the lock; ``limit`` bounds the items of one tick."""
+    """One tick at a time on a connection that holds the lock; ``limit`` bounds the items of one tick,
+    ``fold_limit`` the sighting deltas it folds when there is a backlog."""
 
-    def __init__(self, limit: int = 50_000, registry_refresh_s: float = 10.0) -> None:
+    def __init__(self, limit: int = 50_000, registry_refresh_s: float = 10.0, fold_limit: int = 200_000) -> None:
         self._limit = limit
+        self._fold_limit = fold_limit
         self._refresh_s = registry_refresh_s
         self._fences: dict[str, Geofence] = {}
         self._fences_at = float("-inf")
@@ -183,15 +201,22 @@ class Resolver:
         return report
 
     async def _tick(self, conn: Conn) -> TickReport:
+        through = await sightings.backlog(conn, self._fold_limit)
+        if through is not None:
+            backlog = await sightings.fold(conn, through)
+            await _defer(conn, backlog.epcs)  # the new ones among them are registered when they are resolved
+            return TickReport(0, 0, more=True, folded=backlog.deltas)
         horizon = await _scalar(conn, _HORIZON)
         fixes, tracks = await vehicles.advance(conn, await self._current_fences(conn))
         premises = Premises(await load_places(conn, fixes), await load_clocks(conn))
-        changed, sightings_mark, more = await self._changed(conn, "tag_sightings", SIGHTINGS, "epc", horizon)
+        folded = await sightings.fold(conn)  # after the clocks (see the module docstring)
+        deferred, more = await _take_deferred(conn, self._limit)
+        changed = set(folded.epcs) | deferred
         contents, contents_mark, more_contents = await self._changed(
             conn, "container_contents", CONTENTS, "item_epc", horizon
         )
         aged = await self._aged(conn, premises)
-        await identity.register_sighted(conn, changed)
+        await identity.register_sighted(conn, set(folded.new_epcs) | deferred)
         work = await _load(conn, changed | contents | aged)
         _decide(work, work.states.keys(), premises)
         await _follow_containers(conn, work, premises)
@@ -200,11 +225,9 @@ class Resolver:
             await vehicles.save(conn, track)
         loaded = await vehicles.place_loaded(conn, fixes)
         inferred = await containers.infer(conn, _moves(work))
-        await _save_watermark(conn, SIGHTINGS, sightings_mark)
         await _save_watermark(conn, CONTENTS, contents_mark)
-        return TickReport(
-            len(work.decided), events, loaded, inferred, more or more_contents or len(aged) >= self._limit
-        )
+        more = more or more_contents or len(aged) >= self._limit
+        return TickReport(len(work.decided), events, loaded, inferred, more, folded.deltas)
 
     async def _current_fences(self, conn: Conn) -> dict[str, Geofence]:
         if time.monotonic() - self._fences_at >= self._refresh_s:
@@ -278,6 +301,22 @@ async def _scalar(conn: Conn, query: str, params: tuple[Any, ...] | None = None)
     return None if row is None else row[0]
 
 
+async def _defer(conn: Conn, epcs: list[str]) -> None:
+    await conn.execute(
+        "insert into sightings_to_resolve (epc) select unnest(%s::text[]) order by 1 on conflict do nothing", (epcs,)
+    )
+
+
+async def _take_deferred(conn: Conn, limit: int) -> tuple[set[str], bool]:
+    """Items a backlog fold changed, at most ``limit``; True when more are waiting."""
+    cursor = await conn.execute(
+        "delete from sightings_to_resolve where epc in (select epc from sightings_to_resolve limit %s) returning epc",
+        (limit,),
+    )
+    epcs = {row[0] for row in await cursor.fetchall()}
+    return epcs, len(epcs) >= limit
+
+
 async def _save_watermark(conn: Conn, name: str, at: datetime | None) -> None:
     if at is None:
         return
@@ -324,9 +363,15 @@ def _worth_writing(before: ItemState | None, after: Resolution) -> bool:
         return after.state is not None
     if after.state == before:
         return False
-    if replace(after.state, last_seen_at=before.last_seen_at) != before:
+    if _but_last_seen(after.state) != _but_last_seen(before):
         return True
     return after.state.last_seen_at - before.last_seen_at >= LAST_SEEN_RESOLUTION
+
+
+def _but_last_seen(state: ItemState) -> tuple[Any, ...]:
+    # Field by field: dataclasses.replace costs more than the rest of a tick's decision for an item.
+    return (state.location_id, state.status, state.since, state.site_id, state.container_epc, state.latitude,
+            state.longitude)  # fmt: skip
 
 
 def _placement(state: ItemState | None) -> tuple[Any, ...]:
@@ -392,6 +437,7 @@ async def run(
     interval_s: float = 1.0,
     resolver: Resolver | None = None,
     on_tick: Callable[[TickReport], None] | None = None,
+    min_rest_s: float = MIN_REST_S,
 ) -> None:
     """Resolve while this process holds the lock; wait for it otherwise. Returns when ``stop`` is set."""
     resolver = resolver or Resolver()
@@ -399,7 +445,8 @@ async def run(
         try:
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5) as conn:
                 if await _lead(conn, stop, interval_s):
-                    await _resolve(conn, resolver, stop, interval_s, on_tick)
+                    await conn.execute(f"listen {sightings.CHANNEL}")
+                    await _resolve(conn, resolver, stop, (interval_s, min_rest_s), on_tick)
         except psycopg.Error as exc:
             LEADER.set(0)
             log.warning("resolver lost its database connection (%s); retrying", str(exc).strip()[:200])
@@ -427,15 +474,41 @@ async def _resolve(
     conn: Conn,
     resolver: Resolver,
     stop: asyncio.Event,
-    interval_s: float,
+    pace: tuple[float, float],
     on_tick: Callable[[TickReport], None] | None,
 ) -> None:
+    interval_s, min_rest_s = pace
     while not stop.is_set():
+        started = time.monotonic()
         report = await resolver.tick(conn)
         if on_tick is not None:
             on_tick(report)
         if not report.more:
-            await _wait(stop, interval_s)
+            ended = time.monotonic()
+            rest_s = min(interval_s, max(min_rest_s, REST_PER_TICK * (ended - started)))
+            await _wait_for_deltas(conn, stop, ended + rest_s, ended + interval_s)
+
+
+async def _wait_for_deltas(conn: Conn, stop: asyncio.Event, earliest: float, latest: float) -> None:
+    """Until ingest notifies new deltas (but not before ``earliest``), until ``latest``, or until ``stop``."""
+    await _wait(stop, earliest - time.monotonic())
+    if stop.is_set():
+        return
+    notified = asyncio.ensure_future(_notified(conn, latest - time.monotonic()))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({notified, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (notified, stopped):
+            task.cancel()
+        await asyncio.gather(notified, stopped, return_exceptions=True)
+
+
+async def _notified(conn: Conn, timeout_s: float) -> None:
+    # Notifications that came during the tick were kept by psycopg and end this at once.
+    async with contextlib.aclosing(conn.notifies(timeout=max(0.0, timeout_s), stop_after=1)) as notifies:
+        async for _ in notifies:
+            pass
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

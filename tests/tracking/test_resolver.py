@@ -11,6 +11,7 @@ import pytest
 
 from ingest.batch import Row, Rows
 from ingest.writer import Writer
+from tests.ingest.helpers import wait_for_count
 from tests.tracking.presence_site import (
     HAMBURG,
     ITEM,
@@ -35,10 +36,10 @@ Db = psycopg.Connection[tuple[Any, ...]]
 class Line:
     """A line of ingest and one resolver, ticked by hand."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, resolver: Resolver | None = None) -> None:
         self.dsn = dsn
         self.step = Sightings(refresh_s=0)
-        self.resolver = Resolver()
+        self.resolver = resolver or Resolver()
 
     def write(self, *batches: Rows) -> None:
         async def go() -> None:
@@ -52,11 +53,11 @@ class Line:
         asyncio.run(go())
 
     def tick(self) -> TickReport:
-        async def go() -> TickReport:
-            async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                return await self.resolver.tick(conn)
+        return asyncio.run(self.tick_async())
 
-        return asyncio.run(go())
+    async def tick_async(self) -> TickReport:
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            return await self.resolver.tick(conn)
 
     def feed(self, *batches: Rows) -> TickReport:
         self.write(*batches)
@@ -153,10 +154,9 @@ def test_a_late_batch_from_the_previous_shelf_does_not_move_the_item_back(line: 
     assert [e[1:4] for e in events(db)] == [("arrived", None, "shelf-1"), ("moved", "shelf-1", "shelf-2")]
 
 
-def test_the_watermark_survives_a_restart_and_nothing_is_resolved_twice(line: Line, db: Db) -> None:
+def test_what_was_folded_survives_a_restart_and_nothing_is_resolved_twice(line: Line, db: Db) -> None:
     line.feed(rows(shelf_reads(0, 10)))
-    mark = db.execute("select at from tracking_watermarks where name = 'sightings'").fetchone()
-    assert mark is not None
+    assert db.execute("select count(*) from sighting_deltas").fetchone() == (0,)
 
     line.resolver = Resolver()  # a new process
     assert line.tick().items == 0
@@ -271,3 +271,71 @@ def test_the_leader_lock_is_a_session_lock_another_connection_cannot_take(dsn: s
         return bool(row and row[0])
 
     assert asyncio.run(scenario()) is False
+
+
+def test_a_backlog_is_folded_over_several_ticks_and_ages_nothing_out_on_the_way(dsn: str, db: Db) -> None:
+    build_site(db)
+    line = Line(dsn, Resolver(fold_limit=5))
+    # The resolver was down while the item sat on its shelf, read every two seconds for three minutes.
+    line.write(*(rows([read(s, "r700", 1)]) for s in range(0, 181, 2)))
+
+    reports = [line.tick()]
+    while reports[-1].more:
+        reports.append(line.tick())
+
+    assert len(reports) > 10  # folded in parts: the reader's clock ran far ahead of the first parts
+    assert sum(r.folded for r in reports) == 91
+    assert state(db) == ("shelf-1", "present", at(0), "berlin", None)
+    assert events(db) == [(at(0), "arrived", None, "shelf-1", None)]
+
+
+def test_the_resolver_wakes_when_ingest_appends_without_waiting_for_its_interval(dsn: str, db: Db) -> None:
+    build_site(db)
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        ticked = asyncio.Event()
+        task = asyncio.create_task(run(dsn, stop, interval_s=3600, on_tick=lambda _: ticked.set()))
+        await asyncio.wait_for(ticked.wait(), 15)  # the first tick; the next one would be an hour later
+        writer = Writer(dsn, steps=[Sightings()])
+        try:
+            await writer.write(rows(shelf_reads(0, 10)))
+        finally:
+            await writer.close()
+        found = await wait_for_count(dsn, "select count(*) from item_state", 1, timeout_s=20)
+        stop.set()
+        await task
+        return found
+
+    assert asyncio.run(scenario()) == 1
+    assert state(db) == ("shelf-1", "present", at(0), "berlin", None)
+
+
+def test_reads_whose_batch_commits_while_a_tick_runs_are_resolved_by_the_next(line: Line, db: Db) -> None:
+    line.feed(rows(shelf_reads(0, 10)))
+
+    async def slow_batch() -> None:
+        async with await psycopg.AsyncConnection.connect(line.dsn) as conn:
+            await line.step(conn, rows(shelf_reads(100, 110, antenna=2, rssi=-40)))  # moved to shelf-2
+            await line.tick_async()  # while the batch is still open
+            await conn.commit()
+
+    asyncio.run(slow_batch())
+    line.tick()
+    assert state(db) == ("shelf-2", "present", at(100), "berlin", None)
+
+
+def test_an_association_that_commits_while_a_tick_runs_is_resolved_by_the_next(line: Line, db: Db) -> None:
+    line.feed(rows(shelf_reads(0, 10) + [read(60 + s, "gw-recv", 1, PALLET) for s in range(0, 40, 3)]))
+    line.feed(rows(shelf_reads(60, 100, antenna=2, epc=OTHER)))  # the shelf reader's clock: the item has gone
+    assert state(db)[:2] == (None, "departed")  # type: ignore[index]  # has a state
+
+    async def slow_association() -> None:
+        async with await psycopg.AsyncConnection.connect(line.dsn) as conn:
+            await containers.associate(conn, PALLET, [ITEM], at(101), "api")
+            await line.tick_async()  # while the association is still open
+            await conn.commit()
+
+    asyncio.run(slow_association())
+    line.tick()
+    assert state(db) == ("receiving", "present", at(60), "berlin", PALLET)  # where and since the pallet is
